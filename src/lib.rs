@@ -1,0 +1,89 @@
+//! sessiongate: a reverse-proxy authentication sidecar on Pingora.
+//!
+//! The request pipeline of SPEC.md is the module list: `site` (host -> site), `headers`
+//! (strip, cookie, inject), `token` (verify), `policy` (paths), `endpoints` (the proxy's own
+//! answers), `audit`, `metrics`, and `proxy`, the thin `ProxyHttp` that wires them together.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod endpoints;
+pub mod headers;
+pub mod lifecycle;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod response;
+pub mod site;
+pub mod state;
+pub mod token;
+
+use config::Config;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Builds the Pingora server for a validated config: the public proxy (HTTP/1.1 and h2c), the
+/// admin listener, and the lifecycle service (audit writer, reload, graceful stop).
+pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let conf = ServerConf {
+        threads,
+        // Our lifecycle service exits as soon as in-flight requests are done; this is only the
+        // backstop Pingora applies after SIGTERM.
+        grace_period_seconds: Some(config.grace_period.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let listen = config.listen.to_string();
+    let admin = config.admin.addr.to_string();
+    let (auditor, writer) = audit::channel(config.audit.clone());
+    let shared = Arc::new(state::Shared::new(config, auditor));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::Proxy {
+            shared: shared.clone(),
+        },
+        "sessiongate proxy",
+    );
+    if let Some(p) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        p.server_options = Some(opts);
+    }
+    proxy.add_tcp(&listen);
+
+    let mut admin_service = Service::new(
+        "sessiongate admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(endpoints::AdminApp {
+            shared: shared.clone(),
+        }),
+    );
+    admin_service.add_tcp(&admin);
+    admin_service.threads = Some(1);
+
+    let lifecycle = pingora::services::background::background_service(
+        "sessiongate lifecycle",
+        lifecycle::Lifecycle::new(shared, writer, config_path),
+    );
+    server.add_service(proxy);
+    server.add_service(admin_service);
+    server.add_service(lifecycle);
+    server
+}
+
+/// Runs until SIGTERM or SIGINT (both graceful).
+pub fn run(config: Config, config_path: Option<PathBuf>) {
+    let server = build(config, config_path);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(lifecycle::Signals),
+    });
+}

@@ -1,0 +1,130 @@
+//! Signals and the process's life: SIGTERM/SIGINT stop gracefully (the listeners close,
+//! in-flight requests finish within the grace period, the audit queue is flushed, then the
+//! process exits); SIGHUP re-reads the config and swaps it in atomically.
+
+use crate::audit::AuditWriter;
+use crate::config::Config;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// SIGTERM and SIGINT both mean "stop gracefully" (Pingora's default makes SIGINT immediate).
+pub struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                tracing::error!("cannot install signal handlers; stopping");
+            }
+        }
+        tracing::info!("stop requested: finishing in-flight requests");
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+pub struct Lifecycle {
+    shared: Arc<Shared>,
+    writer: Arc<AuditWriter>,
+    config_path: Option<PathBuf>,
+}
+
+impl Lifecycle {
+    pub fn new(
+        shared: Arc<Shared>,
+        writer: AuditWriter,
+        config_path: Option<PathBuf>,
+    ) -> Lifecycle {
+        Lifecycle {
+            shared,
+            writer: Arc::new(writer),
+            config_path,
+        }
+    }
+
+    async fn reload_loop(&self) {
+        let Some(path) = self.config_path.clone() else {
+            return std::future::pending().await;
+        };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot listen for SIGHUP; reload is off");
+            return std::future::pending().await;
+        };
+        while hup.recv().await.is_some() {
+            let p = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+            let result = match loaded {
+                Ok(Ok(config)) => {
+                    let old = self.shared.snapshot();
+                    if config.listen != old.config.listen
+                        || config.admin.addr != old.config.admin.addr
+                    {
+                        tracing::error!(
+                            "reload refused: listen.addr and admin.addr cannot change without a restart"
+                        );
+                        "error"
+                    } else {
+                        self.shared.replace(config);
+                        tracing::info!("config reloaded");
+                        "ok"
+                    }
+                }
+                Ok(Err(errors)) => {
+                    tracing::error!("reload refused, the old config keeps serving:\n{errors}");
+                    "error"
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed");
+                    "error"
+                }
+            };
+            crate::metrics::METRICS
+                .config_reloads
+                .with_label_values(&[result])
+                .inc();
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let writer = self.writer.clone();
+        let audit = tokio::spawn(async move { writer.run(stop_rx).await });
+        tokio::select! {
+            _ = shutdown.changed() => {},
+            _ = self.reload_loop() => {},
+        }
+        let grace = self.shared.snapshot().config.grace_period;
+        let started = Instant::now();
+        while self.shared.inflight() > 0 && started.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.shared.inflight() > 0 {
+            tracing::warn!(
+                left = self.shared.inflight(),
+                "grace period over: stopping with requests in flight"
+            );
+        }
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), audit).await;
+        tracing::info!("stopped");
+        std::process::exit(0);
+    }
+}

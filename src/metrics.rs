@@ -1,0 +1,105 @@
+//! Prometheus metrics, all named `sessiongate_*`, in one registry that outlives config reloads.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub token_rejected: IntCounterVec,
+    pub cookie_conflicts: IntCounter,
+    pub upstream_errors: IntCounterVec,
+    pub audit_events: IntCounterVec,
+    pub audit_dropped: IntCounter,
+    pub config_reloads: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    // Registration only fails for duplicate names, which this one registry never has.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sessiongate_request_duration_seconds",
+                "Time from request start to the end of the response, by site",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["site"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let _ = registry.register(Box::new(request_duration.clone()));
+        Metrics {
+            requests: counter_vec(
+                &registry,
+                "sessiongate_requests_total",
+                "Requests on the public listener by site and outcome",
+                &["site", "outcome"],
+            ),
+            request_duration,
+            token_rejected: counter_vec(
+                &registry,
+                "sessiongate_token_rejected_total",
+                "Session cookies that gave no session, by reason",
+                &["reason"],
+            ),
+            cookie_conflicts: counter(
+                &registry,
+                "sessiongate_cookie_conflicts_total",
+                "Requests carrying several different session cookies (treated as no session)",
+            ),
+            upstream_errors: counter_vec(
+                &registry,
+                "sessiongate_upstream_errors_total",
+                "Upstream connect or read failures, by site",
+                &["site"],
+            ),
+            audit_events: counter_vec(
+                &registry,
+                "sessiongate_audit_events_total",
+                "Audit events queued, by event",
+                &["event"],
+            ),
+            audit_dropped: counter(
+                &registry,
+                "sessiongate_audit_dropped_total",
+                "Audit events dropped because the sink queue was full or the sink failed",
+            ),
+            config_reloads: counter_vec(
+                &registry,
+                "sessiongate_config_reload_total",
+                "Config reloads (SIGHUP) by result",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -1,0 +1,535 @@
+//! The thin `impl ProxyHttp`: each hook calls the modules that make the decisions.
+
+use crate::audit::AuditEvent;
+use crate::config::Unauthenticated;
+use crate::endpoints;
+use crate::headers::{self, SessionCookie};
+use crate::metrics::METRICS;
+use crate::policy::{self, CanonicalPath};
+use crate::response::{LocalResponse, wants_html};
+use crate::site::normalize_host;
+use crate::state::{InflightGuard, Shared, Snapshot};
+use crate::token::Identity;
+use async_trait::async_trait;
+use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Request headers over this size in all get `431`.
+pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+}
+
+pub struct Ctx {
+    started: Instant,
+    snap: Option<Arc<Snapshot>>,
+    site: Option<usize>,
+    /// The request's host as sent (Host header or `:authority`), for the upstream Host header.
+    authority: String,
+    /// Normalized host.
+    host: String,
+    identity: Option<Identity>,
+    outcome: &'static str,
+    _inflight: InflightGuard,
+}
+
+impl Ctx {
+    fn site_label(&self) -> &str {
+        match (&self.snap, self.site) {
+            (Some(s), Some(i)) => s.config.site(i).map_or("-", |s| s.name.as_str()),
+            _ => "-",
+        }
+    }
+}
+
+/// Why a request cannot be routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostError {
+    Missing,
+    Duplicate,
+    Invalid,
+    /// Absolute-form target (or HTTP/2 `:authority`) naming a different host than `Host`.
+    Mismatch,
+}
+
+/// The request's host: `:authority` / absolute-form target first, checked against `Host`.
+/// Returns (as sent, normalized).
+pub fn request_host(req: &RequestHeader) -> Result<(String, String), HostError> {
+    let hosts: Vec<_> = req.headers.get_all("host").iter().collect();
+    if hosts.len() > 1 {
+        return Err(HostError::Duplicate);
+    }
+    let header = match hosts.first() {
+        Some(v) => Some(v.to_str().map_err(|_| HostError::Invalid)?),
+        None => None,
+    };
+    // HTTP/2 carries `:authority` in the URI; an HTTP/1.1 absolute-form target keeps its
+    // authority only in the raw target, classified by Pingora's own parser.
+    let absolute = match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute { authority, .. } => {
+            Some(std::str::from_utf8(authority).map_err(|_| HostError::Invalid)?)
+        }
+        RawTargetAuthority::AmbiguousAuthority => return Err(HostError::Invalid),
+        RawTargetAuthority::None => None,
+    };
+    let authority = req.uri.authority().map(|a| a.as_str()).or(absolute);
+    let raw = match (authority, header) {
+        (Some(a), Some(h)) => {
+            let (na, nh) = (normalize_host(a), normalize_host(h));
+            if na.is_none() || na != nh {
+                return Err(HostError::Mismatch);
+            }
+            h
+        }
+        (Some(a), None) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err(HostError::Missing),
+    };
+    let normalized = normalize_host(raw).ok_or(HostError::Invalid)?;
+    Ok((raw.to_string(), normalized))
+}
+
+/// A top-level navigation: the kind of request a login redirect makes sense for.
+pub fn is_navigation(req: &RequestHeader) -> bool {
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return false;
+    }
+    let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    match h("sec-fetch-mode") {
+        Some(mode) => mode.eq_ignore_ascii_case("navigate"),
+        None => wants_html(h("accept")),
+    }
+}
+
+/// The login URL with `{url}` = this request's URL on this site, percent-encoded. The path's
+/// leading slashes and backslashes collapse to one `/`, so the URL can never name another host.
+pub fn login_location(login_url: &str, host: &str, req: &RequestHeader) -> String {
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .trim_start_matches(['/', '\\']);
+    let scheme = match req.headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") => "https",
+        _ => "http",
+    };
+    let url = format!("{scheme}://{host}/{target}");
+    let encoded = percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC);
+    login_url.replace("{url}", &encoded.to_string())
+}
+
+impl Proxy {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    /// Steps 4–6: cookie, verification, tenant binding. `None` = no session.
+    fn authenticate(
+        &self,
+        snap: &Snapshot,
+        site_idx: usize,
+        req: &RequestHeader,
+        host: &str,
+    ) -> Option<Identity> {
+        let config = &snap.config;
+        let site = config.site(site_idx)?;
+        let token = match headers::session_cookie(req, &config.token.cookie) {
+            SessionCookie::Absent => return None,
+            SessionCookie::Conflict => {
+                METRICS.cookie_conflicts.inc();
+                tracing::warn!(site = %site.name, "several different session cookies: no session");
+                return None;
+            }
+            SessionCookie::One(t) => t,
+        };
+        let identity = match snap.verifier.verify(&token) {
+            Ok(id) => id,
+            Err(e) => {
+                METRICS.token_rejected.with_label_values(&[e.label()]).inc();
+                tracing::info!(site = %site.name, reason = %e, "session cookie refused");
+                return None;
+            }
+        };
+        if let Some(pattern) = &site.tenant_from_host {
+            let host_tenant = pattern.tenant(host);
+            let bound = matches!((host_tenant, &identity.tenant_id),
+                (Some(h), Some(t)) if h.eq_ignore_ascii_case(t));
+            if !bound {
+                METRICS
+                    .token_rejected
+                    .with_label_values(&["tenant_mismatch"])
+                    .inc();
+                let mut ev = AuditEvent::new("tenant_mismatch", &site.name);
+                ev.user_id = Some(identity.user_id.clone());
+                ev.tenant_id = identity.tenant_id.clone();
+                if let Some(imp) = &identity.impersonation {
+                    ev.sid = Some(imp.sid.clone());
+                    ev.admin_id = imp.admin_id.clone();
+                    ev.admin_email = imp.admin_email.clone();
+                }
+                ev.method = Some(req.method.to_string());
+                ev.path = Some(req.uri.path().to_string());
+                ev.reason = Some(format!(
+                    "host names tenant {}",
+                    host_tenant.unwrap_or("(none)")
+                ));
+                self.shared.auditor.emit(ev);
+                return None;
+            }
+        }
+        Some(identity)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            snap: None,
+            site: None,
+            authority: String::new(),
+            host: String::new(),
+            identity: None,
+            outcome: "proxied",
+            _inflight: InflightGuard::new(&self.shared),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snap = self.snapshot();
+        ctx.snap = Some(snap.clone());
+        let req = session.req_header();
+        let html = wants_html(req.headers.get("accept").and_then(|v| v.to_str().ok()));
+        let head = req.method == http::Method::HEAD;
+
+        if headers::request_head_size(req) > MAX_REQUEST_HEAD {
+            ctx.outcome = "header_too_large";
+            session.set_keepalive(None);
+            LocalResponse::error(
+                431,
+                "request_header_fields_too_large",
+                "Request headers are too large.",
+                html,
+            )
+            .send(session, head)
+            .await?;
+            return Ok(true);
+        }
+        let (authority, host) = match request_host(req) {
+            Ok(h) => h,
+            Err(e) => {
+                ctx.outcome = "bad_request";
+                tracing::info!(error = ?e, "unroutable host");
+                session.set_keepalive(None);
+                LocalResponse::error(
+                    400,
+                    "bad_request",
+                    "The request's host is missing or inconsistent.",
+                    html,
+                )
+                .send(session, head)
+                .await?;
+                return Ok(true);
+            }
+        };
+        ctx.authority = authority;
+        ctx.host = host;
+        ctx.site = snap.router.route(&ctx.host);
+        let path: CanonicalPath =
+            policy::canonical_path(req.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+
+        // Step 1: the reserved prefix never reaches an upstream.
+        if policy::is_reserved(&path) {
+            ctx.outcome = "reserved";
+            endpoints::reserved(session, &snap, ctx.site, &path, html).await?;
+            return Ok(true);
+        }
+        // Step 2: no site, no upstream contact.
+        let Some(site_idx) = ctx.site else {
+            ctx.outcome = "misdirected";
+            LocalResponse::error(
+                421,
+                "misdirected_request",
+                "No site is served at this host.",
+                html,
+            )
+            .send(session, head)
+            .await?;
+            return Ok(true);
+        };
+        let Some(site) = snap.config.site(site_idx) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "site index out of range",
+            ));
+        };
+        // Step 3: strip whatever identity the client made up.
+        headers::strip_inbound(session.req_header_mut(), &snap.names);
+        if policy::is_public(site, &path) {
+            ctx.outcome = "public";
+            return Ok(false);
+        }
+        // Steps 4–6.
+        let identity = self.authenticate(&snap, site_idx, session.req_header(), &ctx.host);
+        // Step 7: an impersonation is only honoured once found live; until the liveness
+        // check exists this proxy fails closed.
+        if identity
+            .as_ref()
+            .is_some_and(|id| id.impersonation.is_some())
+        {
+            ctx.outcome = "liveness_error";
+            LocalResponse::error(
+                503,
+                "liveness_unavailable",
+                "Impersonation cannot be checked right now.",
+                html,
+            )
+            .header("retry-after", "5".into())
+            .send(session, head)
+            .await?;
+            return Ok(true);
+        }
+        // Step 9: no session.
+        if identity.is_none() {
+            match &site.unauthenticated {
+                Unauthenticated::Pass => {}
+                Unauthenticated::Redirect { login_url } if is_navigation(session.req_header()) => {
+                    ctx.outcome = "redirected";
+                    let location = login_location(login_url, &ctx.host, session.req_header());
+                    LocalResponse::redirect(302, location)
+                        .send(session, head)
+                        .await?;
+                    return Ok(true);
+                }
+                Unauthenticated::Reject | Unauthenticated::Redirect { .. } => {
+                    ctx.outcome = "unauthenticated";
+                    LocalResponse::error(401, "unauthenticated", "Sign in to continue.", html)
+                        .send(session, head)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        ctx.identity = identity;
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let site = ctx
+            .snap
+            .as_ref()
+            .zip(ctx.site)
+            .and_then(|(s, i)| s.config.site(i))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no site chosen"))?;
+        let mut peer = HttpPeer::new(site.upstream, false, String::new());
+        peer.options.connection_timeout = Some(site.connect_timeout);
+        peer.options.total_connection_timeout = Some(site.connect_timeout);
+        peer.options.read_timeout = Some(site.read_timeout);
+        peer.options.write_timeout = Some(site.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(snap), Some(site_idx)) = (ctx.snap.as_ref(), ctx.site) else {
+            return Err(Error::explain(ErrorType::InternalError, "no site chosen"));
+        };
+        let Some(site) = snap.config.site(site_idx) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "site index out of range",
+            ));
+        };
+        // Origin-form to the upstream, with the client's Host (HTTP/2 has only `:authority`).
+        let origin_form = upstream.raw_path().first() == Some(&b'/');
+        if !origin_form || upstream.uri.authority().is_some() || upstream.uri.scheme().is_some() {
+            let pq = upstream
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string();
+            upstream.set_uri(
+                pq.parse()
+                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad target"))?,
+            );
+        }
+        if upstream.headers.get("host").is_none() {
+            upstream.insert_header("host", &ctx.authority)?;
+        }
+        if !site.forward_session_cookie {
+            headers::remove_session_cookie(upstream, &snap.config.token.cookie);
+        }
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        headers::set_forwarded(upstream, peer_ip, &ctx.host)?;
+        if let Some(id) = &ctx.identity {
+            headers::inject(upstream, &snap.names, id, false)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(snap) = &ctx.snap {
+            let dropped = headers::drop_session_set_cookie(resp, &snap.config.token.cookie);
+            if dropped > 0 {
+                tracing::warn!(
+                    site = ctx.site_label(),
+                    dropped,
+                    "upstream tried to set the session cookie"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 502 {
+            ctx.outcome = "upstream_error";
+            METRICS
+                .upstream_errors
+                .with_label_values(&[ctx.site_label()])
+                .inc();
+        } else if code > 0 {
+            ctx.outcome = "error";
+        }
+        if code > 0 && session.response_written().is_none() {
+            let html = wants_html(
+                session
+                    .req_header()
+                    .headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let (name, msg) = match code {
+                502 => (
+                    "bad_gateway",
+                    "The application behind this proxy is not answering.",
+                ),
+                400 => ("bad_request", "The request could not be read."),
+                _ => ("internal_error", "The proxy could not handle this request."),
+            };
+            let head = session.req_header().method == http::Method::HEAD;
+            if let Err(err) = LocalResponse::error(code, name, msg, html)
+                .send(session, head)
+                .await
+            {
+                tracing::debug!(error = %err, "could not send the error page");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let site = ctx.site_label().to_string();
+        let outcome = match (
+            ctx.outcome,
+            session.response_written().map(|r| r.status.as_u16()),
+        ) {
+            ("proxied", Some(s)) if s >= 500 => "upstream_5xx",
+            (o, _) => o,
+        };
+        METRICS.requests.with_label_values(&[&site, outcome]).inc();
+        METRICS
+            .request_duration
+            .with_label_values(&[&site])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn host_selection() {
+        let ok = req("/", &[("Host", "Cafe.Example.com:8080")]);
+        assert_eq!(
+            request_host(&ok),
+            Ok(("Cafe.Example.com:8080".into(), "cafe.example.com".into()))
+        );
+        let abs = req("http://cafe.example.com/x", &[("Host", "cafe.example.com")]);
+        assert!(request_host(&abs).is_ok());
+        let mismatch = req("http://evil.example.com/x", &[("Host", "cafe.example.com")]);
+        assert_eq!(request_host(&mismatch), Err(HostError::Mismatch));
+        let dup = req("/", &[("Host", "a.example"), ("Host", "b.example")]);
+        assert_eq!(request_host(&dup), Err(HostError::Duplicate));
+        assert_eq!(request_host(&req("/", &[])), Err(HostError::Missing));
+        assert_eq!(
+            request_host(&req("/", &[("Host", "a b")])),
+            Err(HostError::Invalid)
+        );
+    }
+
+    #[test]
+    fn navigation() {
+        assert!(is_navigation(&req("/", &[("Sec-Fetch-Mode", "navigate")])));
+        assert!(!is_navigation(&req(
+            "/",
+            &[("Sec-Fetch-Mode", "cors"), ("Accept", "text/html")]
+        )));
+        assert!(is_navigation(&req("/", &[("Accept", "text/html,*/*")])));
+        assert!(!is_navigation(&req("/", &[("Accept", "application/json")])));
+    }
+
+    #[test]
+    fn login_location_stays_on_site() {
+        let r = req("//evil.com/x?a=1", &[]);
+        let loc = login_location(
+            "https://id.example/login?return_to={url}",
+            "cafe.example.com",
+            &r,
+        );
+        assert_eq!(
+            loc,
+            "https://id.example/login?return_to=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom%2Fx%3Fa%3D1"
+        );
+        let r = req("/\\evil.com", &[]);
+        let loc = login_location("/login?next={url}", "cafe.example.com", &r);
+        assert_eq!(
+            loc,
+            "/login?next=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Cookie header -> verified claims -> `Identity`. The algorithm is pinned by config and never
+//! read from the token; `exp` is required; every claim that becomes a header is checked here.
+
+use crate::config::TokenConfig;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Validation, decode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde_json::Value;
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Why a token gives no session. The label goes to logs and metrics; the token never does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is larger than 8 KiB")]
+    TooLarge,
+    #[error("token is not a compact JWS")]
+    Malformed,
+    #[error("token algorithm is not allowed by config")]
+    Algorithm,
+    #[error("signature does not verify")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("issuer does not match")]
+    Issuer,
+    #[error("audience does not match")]
+    Audience,
+    #[error("required claim {0} is missing")]
+    MissingClaim(String),
+    #[error("claim {0} has an invalid value")]
+    InvalidClaim(String),
+}
+
+impl TokenError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "too_large",
+            TokenError::Malformed => "malformed",
+            TokenError::Algorithm => "algorithm",
+            TokenError::Signature => "signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::InvalidClaim(_) => "invalid_claim",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Impersonation {
+    pub sid: String,
+    pub admin_id: Option<String>,
+    pub admin_email: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Who the verified token says the caller is. Every string is already a valid header value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub tenant_id: Option<String>,
+    pub email: Option<String>,
+    /// Comma-joined.
+    pub roles: Option<String>,
+    pub impersonation: Option<Impersonation>,
+    pub exp: u64,
+    pub iat: Option<u64>,
+}
+
+/// Verifies tokens against one `[token]` config.
+pub struct Verifier {
+    config: TokenConfig,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(config: &TokenConfig) -> Verifier {
+        let first = config
+            .algorithms
+            .first()
+            .copied()
+            .unwrap_or(jsonwebtoken::Algorithm::HS256);
+        let mut validation = Validation::new(first);
+        validation.algorithms = config.algorithms.clone();
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+        match &config.audience {
+            Some(aud) => validation.set_audience(aud),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Verifier {
+            config: config.clone(),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        precheck(token)?;
+        let data =
+            decode::<Value>(token, &self.config.key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::Signature,
+                    ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName
+                    | ErrorKind::UnsupportedAlgorithm => TokenError::Algorithm,
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidIssuer => TokenError::Issuer,
+                    ErrorKind::InvalidAudience => TokenError::Audience,
+                    ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                    ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaim(c.clone()),
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        identity(&self.config, &data.claims)
+    }
+}
+
+/// Cheap checks before any base64 or crypto: size and the compact-JWS alphabet.
+pub fn precheck(token: &str) -> Result<(), TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLarge);
+    }
+    let ok_chars = token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let parts = token.split('.').collect::<Vec<_>>();
+    if !ok_chars || parts.len() != 3 || parts[0].is_empty() || parts[1].is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(())
+}
+
+fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
+    let mut v = claims;
+    for key in path {
+        v = v.get(key)?;
+    }
+    (!v.is_null()).then_some(v)
+}
+
+/// Control characters (including CR/LF) reject; non-ASCII is percent-encoded as UTF-8.
+const NON_ASCII: &AsciiSet = CONTROLS;
+
+fn header_value(name: &str, v: &Value) -> Result<String, TokenError> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(TokenError::InvalidClaim(name.to_string())),
+    };
+    if s.is_empty() || s.chars().any(|c| c.is_control()) {
+        return Err(TokenError::InvalidClaim(name.to_string()));
+    }
+    Ok(utf8_percent_encode(&s, NON_ASCII).to_string())
+}
+
+fn optional(claims: &Value, path: &[String], name: &str) -> Result<Option<String>, TokenError> {
+    lookup(claims, path)
+        .map(|v| header_value(name, v))
+        .transpose()
+}
+
+fn roles(claims: &Value, path: &[String]) -> Result<Option<String>, TokenError> {
+    let bad = || TokenError::InvalidClaim("roles".into());
+    let list: Vec<&Value> = match lookup(claims, path) {
+        None => return Ok(None),
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(v @ Value::String(_)) => vec![v],
+        Some(_) => return Err(bad()),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        let role = header_value("roles", v)?;
+        if role.contains(',') || role.chars().any(char::is_whitespace) {
+            return Err(bad());
+        }
+        out.push(role);
+    }
+    Ok(Some(out.join(",")))
+}
+
+fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError> {
+    let paths = &config.claims;
+    let user_id = match lookup(claims, &paths.user_id) {
+        Some(v) => header_value("user_id", v)?,
+        None => return Err(TokenError::MissingClaim(paths.user_id.join("."))),
+    };
+    let impersonation = match lookup(claims, &paths.impersonation) {
+        None => None,
+        Some(Value::Object(_)) => {
+            let imp = lookup(claims, &paths.impersonation).unwrap_or(&Value::Null);
+            let field = |k: &str| -> Result<Option<String>, TokenError> {
+                imp.get(k)
+                    .filter(|v| !v.is_null())
+                    .map(|v| header_value(&format!("imp.{k}"), v))
+                    .transpose()
+            };
+            let sid = field("sid")?.ok_or_else(|| TokenError::MissingClaim("imp.sid".into()))?;
+            Some(Impersonation {
+                sid,
+                admin_id: field("admin_id")?,
+                admin_email: field("admin_email")?,
+                reason: field("reason")?,
+            })
+        }
+        Some(_) => return Err(TokenError::InvalidClaim("imp".into())),
+    };
+    Ok(Identity {
+        user_id,
+        tenant_id: optional(claims, &paths.tenant_id, "tenant_id")?,
+        email: optional(claims, &paths.email, "email")?,
+        roles: roles(claims, &paths.roles)?,
+        impersonation,
+        exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+        iat: claims.get("iat").and_then(Value::as_u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    const SECRET: &str = "unit-test-secret-unit-test-secret";
+
+    fn verifier() -> Verifier {
+        let env: HashMap<String, String> = [("S".to_string(), SECRET.to_string())].into();
+        let cfg = Config::parse(
+            "[token]\nsecret_env = \"S\"\n[[site]]\nhost = \"a.example\"\nupstream = \"127.0.0.1:1\"\n",
+            "t.toml",
+            &env,
+        )
+        .expect("valid config");
+        Verifier::new(&cfg.token)
+    }
+
+    fn mint(claims: Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[test]
+    fn good_token_gives_identity() {
+        let t = mint(json!({"sub": "u1", "tenant_id": 7, "email": "José@x.io",
+            "roles": ["admin", "staff"], "exp": now() + 60}));
+        let id = verifier().verify(&t).expect("valid");
+        assert_eq!(id.user_id, "u1");
+        assert_eq!(id.tenant_id.as_deref(), Some("7"));
+        assert_eq!(id.email.as_deref(), Some("Jos%C3%A9@x.io"));
+        assert_eq!(id.roles.as_deref(), Some("admin,staff"));
+        assert_eq!(id.impersonation, None);
+    }
+
+    #[test]
+    fn refusals() {
+        let v = verifier();
+        let cases = [
+            (json!({"sub": "u1"}), TokenError::MissingClaim("exp".into())),
+            (
+                json!({"sub": "u1", "exp": now() - 120}),
+                TokenError::Expired,
+            ),
+            (
+                json!({"sub": "u1", "exp": now() + 60, "nbf": now() + 600}),
+                TokenError::NotYetValid,
+            ),
+            (
+                json!({"exp": now() + 60}),
+                TokenError::MissingClaim("sub".into()),
+            ),
+            (
+                json!({"sub": "u\r\n1", "exp": now() + 60}),
+                TokenError::InvalidClaim("user_id".into()),
+            ),
+            (
+                json!({"sub": "u1", "roles": ["a,b"], "exp": now() + 60}),
+                TokenError::InvalidClaim("roles".into()),
+            ),
+            (
+                json!({"sub": "u1", "roles": ["a b"], "exp": now() + 60}),
+                TokenError::InvalidClaim("roles".into()),
+            ),
+            (
+                json!({"sub": "u1", "imp": "x", "exp": now() + 60}),
+                TokenError::InvalidClaim("imp".into()),
+            ),
+            (
+                json!({"sub": "u1", "imp": {"admin_id": "a"}, "exp": now() + 60}),
+                TokenError::MissingClaim("imp.sid".into()),
+            ),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(v.verify(&mint(claims.clone())), Err(want), "{claims}");
+        }
+        assert!(
+            v.verify(&mint(json!({"sub": "u1", "exp": "9999999999"})))
+                .is_err()
+        );
+        assert!(
+            v.verify(&mint(json!({"sub": "u1", "exp": now() - 10})))
+                .is_ok(),
+            "within leeway"
+        );
+    }
+
+    #[test]
+    fn prechecks() {
+        assert_eq!(
+            precheck(&"a".repeat(MAX_TOKEN_LEN + 1)),
+            Err(TokenError::TooLarge)
+        );
+        assert_eq!(precheck("abc"), Err(TokenError::Malformed));
+        assert_eq!(precheck("a.b.c.d"), Err(TokenError::Malformed));
+        assert_eq!(precheck("a b.c.d"), Err(TokenError::Malformed));
+        assert_eq!(precheck("\"a.b.c\""), Err(TokenError::Malformed));
+        assert_eq!(precheck("a.b.c"), Ok(()));
+        assert_eq!(precheck("a.b."), Ok(()));
+    }
+
+    #[test]
+    fn alg_none_and_bad_signature_refused() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = json!({"sub": "u1", "exp": now() + 60}).to_string();
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(&claims)
+        );
+        assert!(verifier().verify(&none).is_err());
+        let good = mint(json!({"sub": "u1", "exp": now() + 60}));
+        let (head, _) = good.rsplit_once('.').expect("three parts");
+        let forged = format!("{head}.{}", b64.encode([0u8; 32]));
+        assert_eq!(verifier().verify(&forged), Err(TokenError::Signature));
+    }
+}
