@@ -65,6 +65,13 @@ const FORWARDING: [&str; 4] = [
     "forwarded",
 ];
 
+/// `_` read as `-` here too: Rack and WSGI apps see `X_Forwarded_Host` as `X-Forwarded-Host`.
+fn is_forwarding(name: &str) -> bool {
+    FORWARDING
+        .iter()
+        .any(|f| f.len() == name.len() && fold(name) == *f)
+}
+
 /// Removes every identity-family header and every client copy of the forwarding headers, and
 /// rewrites `Connection` so that it can no longer name them (Pingora drops the headers a client
 /// lists there from the upstream request, which would remove what we inject). Other headers a
@@ -74,29 +81,29 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
         .headers
         .keys()
         .map(|k| k.as_str())
-        .filter(|k| names.in_family(k) || FORWARDING.contains(k))
+        .filter(|k| names.in_family(k) || is_forwarding(k))
         .map(str::to_string)
         .collect();
     for name in doomed {
         req.remove_header(&name);
     }
-    let Some(conn) = req.headers.get_all("connection").iter().next().map(|_| {
-        req.headers
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-    }) else {
+    if !req.headers.contains_key("connection") {
         return;
-    };
+    }
+    let conn: Vec<String> = req
+        .headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     let mut keep = Vec::new();
     for token in conn {
         match token.as_str() {
             "close" | "keep-alive" | "upgrade" | "te" => keep.push(token),
-            t if names.in_family(t) || FORWARDING.contains(&t) => {}
+            t if names.in_family(t) || is_forwarding(t) => {}
             t => {
                 req.remove_header(t);
             }

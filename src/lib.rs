@@ -11,6 +11,7 @@ pub mod config;
 pub mod endpoints;
 pub mod headers;
 pub mod lifecycle;
+pub mod liveness;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

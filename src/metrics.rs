@@ -1,7 +1,8 @@
 //! Prometheus metrics, all named `sessiongate_*`, in one registry that outlives config reloads.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -15,6 +16,12 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub liveness_lookups: IntCounterVec,
+    pub liveness_cache: IntCounterVec,
+    pub liveness_coalesced: IntCounter,
+    pub liveness_stale_served: IntCounter,
+    pub liveness_backend_errors: IntCounterVec,
+    pub liveness_backend_seconds: Histogram,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -30,6 +37,15 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ]))
+    .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    let _ = registry.register(Box::new(h.clone()));
+    h
 }
 
 impl Metrics {
@@ -89,6 +105,39 @@ impl Metrics {
                 "sessiongate_config_reload_total",
                 "Config reloads (SIGHUP) by result",
                 &["result"],
+            ),
+            liveness_lookups: counter_vec(
+                &registry,
+                "sessiongate_liveness_lookups_total",
+                "Impersonation liveness answers by result (live, ended, error)",
+                &["result"],
+            ),
+            liveness_cache: counter_vec(
+                &registry,
+                "sessiongate_liveness_cache_total",
+                "Liveness cache lookups by result (hit, miss)",
+                &["result"],
+            ),
+            liveness_coalesced: counter(
+                &registry,
+                "sessiongate_liveness_coalesced_total",
+                "Lookups that waited on another request's backend call for the same sid",
+            ),
+            liveness_stale_served: counter(
+                &registry,
+                "sessiongate_liveness_stale_served_total",
+                "Backend failures answered with the last live answer (on_error = stale)",
+            ),
+            liveness_backend_errors: counter_vec(
+                &registry,
+                "sessiongate_liveness_backend_errors_total",
+                "Liveness backend failures by kind",
+                &["kind"],
+            ),
+            liveness_backend_seconds: histogram(
+                &registry,
+                "sessiongate_liveness_backend_seconds",
+                "Liveness backend call latency",
             ),
             registry,
         }

@@ -91,7 +91,15 @@ impl Verifier {
         validation.leeway = config.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
+        // jsonwebtoken checks iss/aud only when the token has them: a configured check must
+        // also refuse a token that leaves the claim out.
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+        if config.issuer.is_some() {
+            validation.required_spec_claims.insert("iss".to_string());
+        }
+        if config.audience.is_some() {
+            validation.required_spec_claims.insert("aud".to_string());
+        }
         match &config.audience {
             Some(aud) => validation.set_audience(aud),
             None => validation.validate_aud = false,

@@ -1,0 +1,374 @@
+//! Is this impersonation still live? A reqwest client for the platform backend behind a moka
+//! cache: live answers for `cache_ttl`, ended answers for `ended_ttl` (terminal: a late "live"
+//! never overwrites them), single-flight per sid, and `on_error` deny/stale.
+
+use crate::config::{LivenessConfig, OnError};
+use crate::metrics::METRICS;
+use moka::Expiry;
+use moka::future::Cache;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bounded size of each cache (sids are short strings; 100k entries is a few MB).
+const MAX_ENTRIES: u64 = 100_000;
+/// Backend answers larger than this are a contract violation.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Live,
+    Ended,
+}
+
+/// Why the backend gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend timed out")]
+    Timeout,
+    #[error("backend answered {0}")]
+    Status(u16),
+    #[error("backend connection failed")]
+    Transport,
+    #[error("backend answer does not follow the contract: {0}")]
+    Contract(&'static str),
+}
+
+impl BackendError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            BackendError::Timeout => "timeout",
+            BackendError::Status(_) => "status",
+            BackendError::Transport => "transport",
+            BackendError::Contract(_) => "contract",
+        }
+    }
+}
+
+/// What a lookup that reached the backend learned (errors are not cached; both outcomes are
+/// shared with every coalesced waiter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fetched {
+    Ended,
+    Failed(BackendError),
+}
+
+/// A cached value that carries its own time to live, so a reload that changes the TTLs applies
+/// to new entries without rebuilding the cache.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    at: Instant,
+    ttl: Duration,
+}
+
+struct OwnTtl;
+
+impl Expiry<String, Timed> for OwnTtl {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Timed,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _k: &String,
+        v: &Timed,
+        _at: std::time::Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+fn timed_cache() -> Cache<String, Timed> {
+    Cache::builder()
+        .max_capacity(MAX_ENTRIES)
+        .expire_after(OwnTtl)
+        .build()
+}
+
+/// Path-segment encoding: everything but unreserved characters, so a sid can never add a path
+/// segment, a query or a fragment to the backend URL.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+pub fn sid_url(template: &str, sid: &str) -> String {
+    template.replace("{sid}", &utf8_percent_encode(sid, SEGMENT).to_string())
+}
+
+/// Reads the backend's answer per the contract.
+pub fn classify(status: u16, body: &[u8]) -> Result<Liveness, BackendError> {
+    match status {
+        200..=299 => {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Liveness::Live);
+            }
+            let v: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|_| BackendError::Contract("2xx body is not JSON"))?;
+            let obj = v
+                .as_object()
+                .ok_or(BackendError::Contract("2xx body is not a JSON object"))?;
+            match obj.get("active") {
+                None | Some(serde_json::Value::Bool(true)) => Ok(Liveness::Live),
+                Some(serde_json::Value::Bool(false)) => Ok(Liveness::Ended),
+                Some(_) => Err(BackendError::Contract("\"active\" is not a boolean")),
+            }
+        }
+        401 | 403 | 404 | 410 => Ok(Liveness::Ended),
+        s => Err(BackendError::Status(s)),
+    }
+}
+
+/// The liveness checker. One per process: it survives config reloads.
+pub struct LivenessChecker {
+    http: reqwest::Client,
+    live: Cache<String, Timed>,
+    ended: Cache<String, Timed>,
+    /// When each sid was last seen live, for `on_error = "stale"`.
+    last_live: Cache<String, Timed>,
+}
+
+impl Default for LivenessChecker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LivenessChecker {
+    pub fn new() -> LivenessChecker {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        LivenessChecker {
+            http,
+            live: timed_cache(),
+            ended: timed_cache(),
+            last_live: timed_cache(),
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Marks a sid ended in this proxy at once (End endpoint, admin revoke).
+    pub async fn mark_ended(&self, sid: &str, ttl: Duration) {
+        self.ended
+            .insert(
+                sid.to_string(),
+                Timed {
+                    at: Instant::now(),
+                    ttl,
+                },
+            )
+            .await;
+        self.live.invalidate(sid).await;
+        self.last_live.invalidate(sid).await;
+    }
+
+    pub async fn is_marked_ended(&self, sid: &str) -> bool {
+        self.ended.contains_key(sid)
+    }
+
+    /// The answer for one request. `cookie` is the `Cookie` header value sent when
+    /// `forward_cookie` is on.
+    pub async fn check(
+        &self,
+        cfg: &LivenessConfig,
+        sid: &str,
+        cookie: Option<&str>,
+    ) -> Result<Liveness, BackendError> {
+        if self.ended.contains_key(sid) {
+            METRICS.liveness_cache.with_label_values(&["hit"]).inc();
+            return Ok(self.counted(Liveness::Ended));
+        }
+        if self.live.get(sid).await.is_some() {
+            METRICS.liveness_cache.with_label_values(&["hit"]).inc();
+            return Ok(self.counted(Liveness::Live));
+        }
+        METRICS.liveness_cache.with_label_values(&["miss"]).inc();
+        let ran = AtomicBool::new(false);
+        let fetched = self
+            .live
+            .try_get_with(sid.to_string(), async {
+                ran.store(true, Ordering::Relaxed);
+                match self.fetch(cfg, sid, cookie).await {
+                    Ok(Liveness::Live) => Ok(Timed {
+                        at: Instant::now(),
+                        ttl: cfg.cache_ttl,
+                    }),
+                    Ok(Liveness::Ended) => Err(Fetched::Ended),
+                    Err(e) => Err(Fetched::Failed(e)),
+                }
+            })
+            .await;
+        if !ran.load(Ordering::Relaxed) {
+            METRICS.liveness_coalesced.inc();
+        }
+        match fetched {
+            // Ended is terminal: an End or revoke that raced this lookup wins.
+            Ok(_) if self.ended.contains_key(sid) => Ok(self.counted(Liveness::Ended)),
+            Ok(_) => {
+                self.last_live
+                    .insert(
+                        sid.to_string(),
+                        Timed {
+                            at: Instant::now(),
+                            ttl: cfg.stale_ttl,
+                        },
+                    )
+                    .await;
+                Ok(self.counted(Liveness::Live))
+            }
+            Err(e) => match e.as_ref() {
+                Fetched::Ended => {
+                    self.ended
+                        .insert(
+                            sid.to_string(),
+                            Timed {
+                                at: Instant::now(),
+                                ttl: cfg.ended_ttl,
+                            },
+                        )
+                        .await;
+                    self.live.invalidate(sid).await;
+                    Ok(self.counted(Liveness::Ended))
+                }
+                Fetched::Failed(err) => {
+                    if cfg.on_error == OnError::Stale
+                        && let Some(seen) = self.last_live.get(sid).await
+                        && seen.at.elapsed() < cfg.stale_ttl
+                    {
+                        METRICS.liveness_stale_served.inc();
+                        return Ok(self.counted(Liveness::Live));
+                    }
+                    METRICS.liveness_lookups.with_label_values(&["error"]).inc();
+                    Err(err.clone())
+                }
+            },
+        }
+    }
+
+    fn counted(&self, l: Liveness) -> Liveness {
+        let label = match l {
+            Liveness::Live => "live",
+            Liveness::Ended => "ended",
+        };
+        METRICS.liveness_lookups.with_label_values(&[label]).inc();
+        l
+    }
+
+    async fn fetch(
+        &self,
+        cfg: &LivenessConfig,
+        sid: &str,
+        cookie: Option<&str>,
+    ) -> Result<Liveness, BackendError> {
+        let started = Instant::now();
+        let result = self.fetch_inner(cfg, sid, cookie).await;
+        METRICS
+            .liveness_backend_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            METRICS
+                .liveness_backend_errors
+                .with_label_values(&[e.label()])
+                .inc();
+            tracing::warn!(error = %e, "liveness backend error");
+        }
+        result
+    }
+
+    async fn fetch_inner(
+        &self,
+        cfg: &LivenessConfig,
+        sid: &str,
+        cookie: Option<&str>,
+    ) -> Result<Liveness, BackendError> {
+        let mut req = self
+            .http
+            .get(sid_url(&cfg.url, sid))
+            .timeout(cfg.timeout)
+            .header("accept", "application/json");
+        if let Some(b) = &cfg.bearer {
+            req = req.bearer_auth(String::from_utf8_lossy(&b.0));
+        }
+        if cfg.forward_cookie
+            && let Some(c) = cookie
+        {
+            req = req.header("cookie", c);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp).await?;
+        classify(status, &body)
+    }
+}
+
+fn transport(e: reqwest::Error) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout
+    } else {
+        BackendError::Transport
+    }
+}
+
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, BackendError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(BackendError::Contract("body larger than 64 KiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Shared handle type used by the proxy and the admin listener.
+pub type SharedLiveness = Arc<LivenessChecker>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sid_is_one_encoded_segment() {
+        assert_eq!(
+            sid_url(
+                "http://b/internal/impersonations/{sid}",
+                "../../admin?x=1#f"
+            ),
+            "http://b/internal/impersonations/..%2F..%2Fadmin%3Fx%3D1%23f"
+        );
+        assert_eq!(
+            sid_url("http://b/{sid}/x", "abc-1_2.3~"),
+            "http://b/abc-1_2.3~/x"
+        );
+    }
+
+    #[test]
+    fn contract() {
+        assert_eq!(classify(200, b""), Ok(Liveness::Live));
+        assert_eq!(classify(204, b""), Ok(Liveness::Live));
+        assert_eq!(classify(200, br#"{"active":true}"#), Ok(Liveness::Live));
+        assert_eq!(classify(200, br#"{"sessionId":"s"}"#), Ok(Liveness::Live));
+        assert_eq!(classify(200, br#"{"active":false}"#), Ok(Liveness::Ended));
+        for s in [401, 403, 404, 410] {
+            assert_eq!(classify(s, b"gone"), Ok(Liveness::Ended));
+        }
+        assert_eq!(classify(500, b""), Err(BackendError::Status(500)));
+        assert_eq!(classify(302, b""), Err(BackendError::Status(302)));
+        assert!(classify(200, b"<html>").is_err());
+        assert!(classify(200, br#"{"active":"no"}"#).is_err());
+        assert!(classify(200, b"[1]").is_err());
+    }
+}
