@@ -5,11 +5,14 @@ use crate::config::AuditSink;
 use crate::metrics::METRICS;
 use serde::Serialize;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-const QUEUE: usize = 16 * 1024;
+/// At most this many events per POST to an http sink.
+const BATCH: usize = 500;
+/// How long the shutdown flush may try to deliver what is left.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEvent {
@@ -26,6 +29,8 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -33,6 +38,10 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_duration_s: Option<u64>,
 }
 
 impl AuditEvent {
@@ -43,6 +52,21 @@ impl AuditEvent {
             site: site.to_string(),
             ..AuditEvent::default()
         }
+    }
+}
+
+impl AuditEvent {
+    /// An event about a verified identity: who, on whose behalf, which impersonation.
+    pub fn about(event: &'static str, site: &str, id: &crate::token::Identity) -> AuditEvent {
+        let mut ev = AuditEvent::new(event, site);
+        ev.user_id = Some(id.user_id.clone());
+        ev.tenant_id = id.tenant_id.clone();
+        if let Some(imp) = &id.impersonation {
+            ev.sid = Some(imp.sid.clone());
+            ev.admin_id = imp.admin_id.clone();
+            ev.admin_email = imp.admin_email.clone();
+        }
+        ev
     }
 }
 
@@ -58,8 +82,8 @@ pub struct AuditWriter {
     rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
 }
 
-pub fn channel(sink: AuditSink) -> (Auditor, AuditWriter) {
-    let (tx, rx) = mpsc::channel(QUEUE);
+pub fn channel(sink: AuditSink, queue: usize) -> (Auditor, AuditWriter) {
+    let (tx, rx) = mpsc::channel(queue.max(1));
     (
         Auditor { tx },
         AuditWriter {
@@ -84,10 +108,10 @@ enum Out {
 }
 
 impl AuditWriter {
-    async fn open(&self) -> std::io::Result<Out> {
-        match &self.sink {
-            AuditSink::Stdout | AuditSink::Http(_) => Ok(Out::Stdout(tokio::io::stdout())),
-            AuditSink::File(path) => tokio::fs::OpenOptions::new()
+    async fn open(&self, path: Option<&std::path::Path>) -> std::io::Result<Out> {
+        match path {
+            None => Ok(Out::Stdout(tokio::io::stdout())),
+            Some(path) => tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
@@ -96,12 +120,25 @@ impl AuditWriter {
         }
     }
 
-    /// Writes events until every `Auditor` is gone or `stop` fires; then drains what is queued.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(mut rx) = self.rx.lock().ok().and_then(|mut g| g.take()) else {
+    /// Writes events until `stop` fires; then flushes what is queued.
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(rx) = self.rx.lock().ok().and_then(|mut g| g.take()) else {
             return;
         };
-        let mut out = match self.open().await {
+        match &self.sink {
+            AuditSink::Http(url) => run_http(url, rx, stop).await,
+            AuditSink::Stdout => self.run_local(None, rx, stop).await,
+            AuditSink::File(path) => self.run_local(Some(path), rx, stop).await,
+        }
+    }
+
+    async fn run_local(
+        &self,
+        path: Option<&std::path::Path>,
+        mut rx: mpsc::Receiver<AuditEvent>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut out = match self.open(path).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open the audit sink; audit events are dropped");
@@ -132,6 +169,86 @@ impl AuditWriter {
         }
         if !buf.is_empty() {
             write(&mut out, &buf).await;
+        }
+    }
+}
+
+/// Batches POSTs of JSON lines. A failed batch is retried with backoff (100 ms doubling to
+/// 2 s) and kept in order; meanwhile new events wait in the bounded queue, and what does not
+/// fit is dropped and counted. On shutdown the rest is tried until a deadline, then counted.
+async fn run_http(
+    url: &str,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let mut stopping = false;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        if stopping {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                _ = stop.changed() => {
+                    stopping = true;
+                    deadline = Some(Instant::now() + FLUSH_DEADLINE);
+                    continue;
+                }
+            }
+        }
+        let mut body = Vec::with_capacity(batch.len() * 256);
+        for ev in &batch {
+            push_line(&mut body, ev);
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sent = client
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => tracing::warn!(
+                    status = r.status().as_u16(),
+                    "audit sink refused a batch; retrying"
+                ),
+                Err(e) => tracing::warn!(error = %e, "audit sink unreachable; retrying"),
+            }
+            if let Some(d) = deadline
+                && Instant::now() + backoff > d
+            {
+                let lost = batch.len() as u64 + rx.len() as u64;
+                METRICS.audit_dropped.inc_by(lost);
+                tracing::error!(lost, "audit sink still down at shutdown; events dropped");
+                return;
+            }
+            if !stopping {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = stop.changed() => {
+                        stopping = true;
+                        deadline = Some(Instant::now() + FLUSH_DEADLINE);
+                    }
+                }
+            } else {
+                tokio::time::sleep(backoff).await;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 }

@@ -81,7 +81,9 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
         .headers
         .keys()
         .map(|k| k.as_str())
-        .filter(|k| names.in_family(k) || is_forwarding(k))
+        .filter(|k| {
+            names.in_family(k) || is_forwarding(k) || URL_OVERRIDES.contains(&fold(k).as_str())
+        })
         .map(str::to_string)
         .collect();
     for name in doomed {
@@ -244,6 +246,58 @@ pub fn set_forwarded(
     }
     req.insert_header("x-forwarded-proto", "http")?;
     req.insert_header("x-forwarded-host", host)?;
+    Ok(())
+}
+
+/// The `Set-Cookie` that clears the platform's session cookie (the domain as configured).
+pub fn clear_session_cookie(name: &str, domain: Option<&str>) -> String {
+    let domain = domain.map(|d| format!("; Domain={d}")).unwrap_or_default();
+    format!(
+        "{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{domain}; Path=/; Secure; HttpOnly; SameSite=Lax"
+    )
+}
+
+/// Headers that ask an app to act on another URL than the request line's. Stripped: a deny
+/// rule judges the request line, so the app must not be told another path.
+const URL_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
+
+/// Headers that ask an app to act as another method. Kept (apps use them), but deny rules
+/// judge the request by every method it names.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+
+/// The request's method and every method an override header names, upper-cased.
+pub fn effective_methods(req: &RequestHeader) -> Vec<String> {
+    let mut out = vec![req.method.as_str().to_ascii_uppercase()];
+    for h in METHOD_OVERRIDES {
+        for v in req.headers.get_all(h) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            out.extend(
+                v.split(',')
+                    .map(|m| m.trim().to_ascii_uppercase())
+                    .filter(|m| !m.is_empty()),
+            );
+        }
+    }
+    out
+}
+
+/// An impersonated response must never be stored by a shared cache, nor served to the user
+/// later from a private one.
+pub fn mark_private(resp: &mut ResponseHeader) -> pingora::Result<()> {
+    resp.insert_header("cache-control", "private, no-store")?;
+    let has_cookie = resp.headers.get_all("vary").iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("cookie") || t.trim() == "*")
+    });
+    if !has_cookie {
+        resp.append_header("vary", "Cookie")?;
+    }
+    resp.remove_header("expires");
     Ok(())
 }
 

@@ -45,7 +45,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
 
     let listen = config.listen.to_string();
     let admin = config.admin.addr.to_string();
-    let (auditor, writer) = audit::channel(config.audit.clone());
+    let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
     let shared = Arc::new(state::Shared::new(config, auditor));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

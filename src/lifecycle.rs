@@ -123,7 +123,7 @@ impl BackgroundService for Lifecycle {
             );
         }
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), audit).await;
+        let _ = tokio::time::timeout(Duration::from_secs(7), audit).await;
         tracing::info!("stopped");
         std::process::exit(0);
     }

@@ -138,6 +138,15 @@ impl PathRule {
         })
     }
 
+    /// The rule as configured (canonical), for messages.
+    pub fn as_str(&self) -> String {
+        match self {
+            PathRule::Exact(p) => p.clone(),
+            PathRule::Subtree(p) if p == "/" => "/*".to_string(),
+            PathRule::Subtree(p) => format!("{p}/*"),
+        }
+    }
+
     /// `path` must be canonical.
     pub fn matches(&self, path: &str) -> bool {
         match self {

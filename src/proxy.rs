@@ -4,6 +4,7 @@ use crate::audit::AuditEvent;
 use crate::config::Unauthenticated;
 use crate::endpoints;
 use crate::headers::{self, SessionCookie};
+use crate::liveness::Liveness;
 use crate::metrics::METRICS;
 use crate::policy::{self, CanonicalPath};
 use crate::response::{LocalResponse, wants_html};
@@ -34,6 +35,9 @@ pub struct Ctx {
     /// Normalized host.
     host: String,
     identity: Option<Identity>,
+    /// The impersonation was found live: impersonation headers go up, `no-store` comes back,
+    /// and every request is audited.
+    impersonating: bool,
     outcome: &'static str,
     _inflight: InflightGuard,
 }
@@ -123,6 +127,18 @@ pub fn login_location(login_url: &str, host: &str, req: &RequestHeader) -> Strin
     login_url.replace("{url}", &encoded.to_string())
 }
 
+/// The request target as sent (for audit events).
+fn raw_path(req: &RequestHeader) -> String {
+    String::from_utf8_lossy(req.raw_path()).into_owned()
+}
+
+fn peer_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
 impl Proxy {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot()
@@ -135,7 +151,7 @@ impl Proxy {
         site_idx: usize,
         req: &RequestHeader,
         host: &str,
-    ) -> Option<Identity> {
+    ) -> Option<(Identity, String)> {
         let config = &snap.config;
         let site = config.site(site_idx)?;
         let token = match headers::session_cookie(req, &config.token.cookie) {
@@ -164,14 +180,7 @@ impl Proxy {
                     .token_rejected
                     .with_label_values(&["tenant_mismatch"])
                     .inc();
-                let mut ev = AuditEvent::new("tenant_mismatch", &site.name);
-                ev.user_id = Some(identity.user_id.clone());
-                ev.tenant_id = identity.tenant_id.clone();
-                if let Some(imp) = &identity.impersonation {
-                    ev.sid = Some(imp.sid.clone());
-                    ev.admin_id = imp.admin_id.clone();
-                    ev.admin_email = imp.admin_email.clone();
-                }
+                let mut ev = AuditEvent::about("tenant_mismatch", &site.name, &identity);
                 ev.method = Some(req.method.to_string());
                 ev.path = Some(req.uri.path().to_string());
                 ev.reason = Some(format!(
@@ -182,7 +191,7 @@ impl Proxy {
                 return None;
             }
         }
-        Some(identity)
+        Some((identity, token))
     }
 }
 
@@ -198,6 +207,7 @@ impl ProxyHttp for Proxy {
             authority: String::new(),
             host: String::new(),
             identity: None,
+            impersonating: false,
             outcome: "proxied",
             _inflight: InflightGuard::new(&self.shared),
         }
@@ -278,24 +288,102 @@ impl ProxyHttp for Proxy {
             return Ok(false);
         }
         // Steps 4–6.
-        let identity = self.authenticate(&snap, site_idx, session.req_header(), &ctx.host);
-        // Step 7: an impersonation is only honoured once found live; until the liveness
-        // check exists this proxy fails closed.
-        if identity
-            .as_ref()
-            .is_some_and(|id| id.impersonation.is_some())
+        let authenticated = self.authenticate(&snap, site_idx, session.req_header(), &ctx.host);
+        let (identity, token) = match authenticated {
+            Some((id, token)) => (Some(id), Some(token)),
+            None => (None, None),
+        };
+        // Step 7: an impersonation is honoured only while the backend says it is live.
+        if let Some(id) = &identity
+            && let Some(imp) = &id.impersonation
         {
-            ctx.outcome = "liveness_error";
-            LocalResponse::error(
-                503,
-                "liveness_unavailable",
-                "Impersonation cannot be checked right now.",
-                html,
-            )
-            .header("retry-after", "5".into())
-            .send(session, head)
-            .await?;
-            return Ok(true);
+            let cookie = token.map(|t| format!("{}={t}", snap.config.token.cookie));
+            match self
+                .shared
+                .liveness
+                .check(&snap.config.liveness, &imp.sid, cookie.as_deref())
+                .await
+            {
+                Ok(Liveness::Live) => ctx.impersonating = true,
+                Ok(Liveness::Ended) => {
+                    ctx.outcome = "impersonation_ended";
+                    let mut ev = AuditEvent::about("impersonation.ended_seen", &site.name, id);
+                    ev.method = Some(session.req_header().method.to_string());
+                    ev.path = Some(raw_path(session.req_header()));
+                    self.shared.auditor.emit(ev);
+                    let clear = headers::clear_session_cookie(
+                        &snap.config.token.cookie,
+                        snap.config.token.cookie_domain.as_deref(),
+                    );
+                    let answer = if is_navigation(session.req_header()) {
+                        LocalResponse::redirect(302, site.after_end_url.clone())
+                    } else {
+                        LocalResponse::json(401, r#"{"error":"impersonation_ended"}"#.into())
+                    };
+                    answer
+                        .header("set-cookie", clear)
+                        .send(session, head)
+                        .await?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    ctx.outcome = "liveness_error";
+                    tracing::warn!(site = %site.name, error = %e, "impersonation refused: liveness unknown");
+                    LocalResponse::error(
+                        503,
+                        "liveness_unavailable",
+                        "The impersonation session cannot be checked right now. Try again shortly.",
+                        html,
+                    )
+                    .header("retry-after", "5".into())
+                    .send(session, head)
+                    .await?;
+                    return Ok(true);
+                }
+            }
+        }
+        // Step 8: routes an impersonating admin must never touch.
+        if ctx.impersonating
+            && let Some(id) = &identity
+        {
+            let req = session.req_header();
+            let refusal = if path.ambiguous {
+                Some((
+                    400,
+                    "ambiguous_path",
+                    "This path is ambiguous and is refused while impersonating.",
+                    "ambiguous path".to_string(),
+                ))
+            } else {
+                let methods = headers::effective_methods(req);
+                methods
+                    .iter()
+                    .find_map(|m| policy::denied(&site.deny, m, &path).map(|r| (m, r)))
+                    .map(|(m, rule)| {
+                        (
+                            403,
+                            "forbidden_while_impersonating",
+                            "This action is not available while impersonating a user.",
+                            format!("{m} {} is denied while impersonating", rule.path.as_str()),
+                        )
+                    })
+            };
+            if let Some((status, code, message, reason)) = refusal {
+                ctx.outcome = "denied";
+                let mut ev = AuditEvent::about("impersonation.forbidden_attempt", &site.name, id);
+                ev.method = Some(req.method.to_string());
+                ev.path = Some(raw_path(req));
+                ev.canonical_path = Some(path.path.clone());
+                ev.status = Some(status);
+                ev.reason = Some(reason);
+                ev.peer = peer_ip(session);
+                self.shared.auditor.emit(ev);
+                LocalResponse::error(status, code, message, html)
+                    .header("vary", "Cookie".into())
+                    .send(session, head)
+                    .await?;
+                return Ok(true);
+            }
         }
         // Step 9: no session.
         if identity.is_none() {
@@ -372,13 +460,9 @@ impl ProxyHttp for Proxy {
         if !site.forward_session_cookie {
             headers::remove_session_cookie(upstream, &snap.config.token.cookie);
         }
-        let peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        headers::set_forwarded(upstream, peer_ip, &ctx.host)?;
+        headers::set_forwarded(upstream, peer_ip(session), &ctx.host)?;
         if let Some(id) = &ctx.identity {
-            headers::inject(upstream, &snap.names, id, false)?;
+            headers::inject(upstream, &snap.names, id, ctx.impersonating)?;
         }
         Ok(())
     }
@@ -391,6 +475,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if let Some(snap) = &ctx.snap {
             let dropped = headers::drop_session_set_cookie(resp, &snap.config.token.cookie);
+            if ctx.impersonating {
+                headers::mark_private(resp)?;
+            }
             if dropped > 0 {
                 tracing::warn!(
                     site = ctx.site_label(),
@@ -463,6 +550,18 @@ impl ProxyHttp for Proxy {
             (o, _) => o,
         };
         METRICS.requests.with_label_values(&[&site, outcome]).inc();
+        if ctx.impersonating
+            && let Some(id) = &ctx.identity
+        {
+            let mut ev = AuditEvent::about("impersonation.request", &site, id);
+            let req = session.req_header();
+            ev.method = Some(req.method.to_string());
+            ev.path = Some(raw_path(req));
+            ev.status = session.response_written().map(|r| r.status.as_u16());
+            ev.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
+            ev.peer = peer_ip(session);
+            self.shared.auditor.emit(ev);
+        }
         METRICS
             .request_duration
             .with_label_values(&[&site])

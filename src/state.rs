@@ -4,6 +4,7 @@
 use crate::audit::Auditor;
 use crate::config::Config;
 use crate::headers::IdentityHeaders;
+use crate::liveness::LivenessChecker;
 use crate::site::Router;
 use crate::token::Verifier;
 use arc_swap::ArcSwap;
@@ -32,6 +33,8 @@ impl Snapshot {
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub auditor: Auditor,
+    /// Survives reloads: the cache and the backend client's pool.
+    pub liveness: LivenessChecker,
     inflight: AtomicUsize,
 }
 
@@ -40,6 +43,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(Snapshot::new(config)),
             auditor,
+            liveness: LivenessChecker::new(),
             inflight: AtomicUsize::new(0),
         }
     }

@@ -33,6 +33,7 @@ pub struct Config {
     pub header_prefix: String,
     pub banner: BannerConfig,
     pub audit: AuditSink,
+    pub audit_queue: usize,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -356,6 +357,9 @@ impl Validator<'_> {
         let header_prefix = self.header_prefix(&raw.headers.prefix);
         let banner = self.banner(raw.banner);
         let audit = self.audit(&raw.audit.sink);
+        if raw.audit.queue == 0 || raw.audit.queue > 10_000_000 {
+            self.err("audit.queue", "must be between 1 and 10000000");
+        }
 
         if raw.site.is_empty() {
             self.err("site", "at least one [[site]] is required");
@@ -387,6 +391,7 @@ impl Validator<'_> {
             header_prefix: header_prefix?,
             banner: banner?,
             audit: audit?,
+            audit_queue: raw.audit.queue,
             sites,
         })
     }
@@ -649,12 +654,9 @@ impl Validator<'_> {
             return Some(AuditSink::File(PathBuf::from(path)));
         }
         if sink.starts_with("http://") || sink.starts_with("https://") {
-            self.http_url("audit.sink", sink);
-            self.err(
-                "audit.sink",
-                "an http(s) audit sink is not supported by this version; use stdout or file:PATH",
-            );
-            return None;
+            return self
+                .http_url("audit.sink", sink)
+                .then(|| AuditSink::Http(sink.to_string()));
         }
         self.err(
             "audit.sink",

@@ -235,12 +235,22 @@ pub struct RawBanner {
 pub struct RawAudit {
     #[serde(default = "d_sink")]
     pub sink: String,
+    /// Events held in memory before new ones are dropped (and counted).
+    #[serde(default = "d_queue")]
+    pub queue: usize,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
-        RawAudit { sink: d_sink() }
+        RawAudit {
+            sink: d_sink(),
+            queue: d_queue(),
+        }
     }
+}
+
+fn d_queue() -> usize {
+    10_000
 }
 
 fn d_sink() -> String {
