@@ -2,6 +2,8 @@
 //! (`/healthz`, `/readyz`, `/metrics`), which is never served on the public one.
 
 use crate::audit::AuditEvent;
+use crate::banner::csp;
+use crate::liveness::Liveness;
 use crate::metrics::METRICS;
 use crate::policy::CanonicalPath;
 use crate::response::LocalResponse;
@@ -13,18 +15,277 @@ use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-/// Answers a request under the reserved prefix.
-pub async fn reserved(
-    session: &mut Session,
-    _snap: &Snapshot,
-    _site: Option<usize>,
-    _path: &CanonicalPath,
-    html: bool,
-) -> pingora::Result<()> {
+/// A request under the reserved prefix, with what the pipeline already knows.
+pub struct Reserved<'a> {
+    pub shared: &'a Shared,
+    pub snap: &'a Snapshot,
+    pub site: Option<usize>,
+    /// Normalized host.
+    pub host: &'a str,
+    /// Host as sent (host[:port]): the origin the End form must come from.
+    pub authority: &'a str,
+    pub path: &'a CanonicalPath,
+    pub html: bool,
+}
+
+/// Answers a request under the reserved prefix. It never reaches an upstream.
+pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> pingora::Result<()> {
     let head = session.req_header().method == http::Method::HEAD;
-    LocalResponse::error(404, "not_found", "No such sessiongate endpoint.", html)
-        .send(session, head)
+    let method = session.req_header().method.clone();
+    let asset = |body: &bytes::Bytes, content_type: &'static str| {
+        let mut resp = LocalResponse::json(200, String::new()).header(
+            "cache-control",
+            "public, max-age=31536000, immutable".into(),
+        );
+        resp.body = body.clone();
+        resp.content_type = content_type;
+        resp
+    };
+    match r.path.path.as_str() {
+        p if p == csp::SCRIPT_PATH => {
+            if !matches!(method.as_str(), "GET" | "HEAD") {
+                return method_not_allowed("GET", r.html).send(session, head).await;
+            }
+            asset(&r.snap.assets.js, "text/javascript; charset=utf-8")
+                .send(session, head)
+                .await
+        }
+        p if p == csp::STYLE_PATH => {
+            if !matches!(method.as_str(), "GET" | "HEAD") {
+                return method_not_allowed("GET", r.html).send(session, head).await;
+            }
+            asset(&r.snap.assets.css, "text/css; charset=utf-8")
+                .send(session, head)
+                .await
+        }
+        p if p == csp::END_PATH => {
+            let answer = end_impersonation(&r, session).await;
+            answer.send(session, head).await
+        }
+        _ => {
+            LocalResponse::error(404, "not_found", "No such sessiongate endpoint.", r.html)
+                .send(session, head)
+                .await
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str, html: bool) -> LocalResponse {
+    LocalResponse::error(405, "method_not_allowed", "Method not allowed.", html)
+        .header("allow", allow.into())
+}
+
+/// Is `origin` (an `Origin` value, or a `Referer` URL) exactly this site's origin? Sibling
+/// subdomains are same-site, so SameSite cookies do not stop them: only the exact host and port
+/// pass. The scheme is not known behind a TLS terminator, so http and https both count, with a
+/// port absent from `Host` read as that scheme's default.
+pub fn same_origin(origin: &str, authority: &str) -> bool {
+    let origin = origin.trim();
+    let (scheme, rest) = match origin.split_once("://") {
+        Some((s, r)) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+            (s.to_ascii_lowercase(), r)
+        }
+        _ => return false,
+    };
+    let hostport = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if hostport.contains('@') {
+        return false;
+    }
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    let split = |hp: &str| -> Option<(String, String)> {
+        let host = crate::site::normalize_host(hp)?;
+        let port = match hp.rsplit_once(':') {
+            Some((_, p)) if !hp.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.to_string()
+            }
+            _ => default_port.to_string(),
+        };
+        Some((host, port))
+    };
+    match (split(hostport), split(authority)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The `csrf` field of a form-encoded (or JSON) body.
+pub fn csrf_field(body: &[u8], json: bool) -> Option<String> {
+    if json {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        return v.get("csrf")?.as_str().map(str::to_string);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "csrf").then(|| {
+            let v = v.replace('+', " ");
+            percent_encoding::percent_decode_str(&v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+const MAX_FORM: usize = 16 * 1024;
+
+async fn read_body(session: &mut Session) -> Result<Vec<u8>, ()> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await.map_err(|_| ())? {
+        if body.len() + chunk.len() > MAX_FORM {
+            return Err(());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `POST /.sessiongate/end-impersonation`: live impersonation cookie, exact-origin Origin (or
+/// Referer), the banner's `csrf` field; then the backend's `end_url`, the sid ended here at
+/// once, the cookie cleared, audit `impersonation.ended`.
+async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResponse {
+    let html = r.html;
+    let req = session.req_header();
+    if req.method != http::Method::POST {
+        return method_not_allowed("POST", html);
+    }
+    let Some(site_idx) = r.site else {
+        return LocalResponse::error(
+            421,
+            "misdirected_request",
+            "No site is served at this host.",
+            html,
+        );
+    };
+    let Some(site) = r.snap.config.site(site_idx) else {
+        return LocalResponse::error(500, "internal_error", "Site not found.", html);
+    };
+    let h = |n: &str| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let origin = h("origin").or_else(|| h("referer"));
+    if !origin
+        .as_deref()
+        .is_some_and(|o| same_origin(o, r.authority))
+    {
+        return LocalResponse::error(
+            403,
+            "bad_origin",
+            "This request did not come from this site.",
+            html,
+        );
+    }
+    let json_body = h("content-type").is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+    let json_client = !html && h("accept").is_some_and(|a| a.to_ascii_lowercase().contains("json"));
+    let Some((identity, token)) =
+        crate::proxy::authenticate(r.shared, r.snap, site_idx, req, r.host)
+    else {
+        return LocalResponse::error(401, "unauthenticated", "No session.", html);
+    };
+    let Some(imp) = identity.impersonation.clone() else {
+        return LocalResponse::error(
+            403,
+            "not_impersonating",
+            "This session is not an impersonation.",
+            html,
+        );
+    };
+    let cfg = &r.snap.config;
+    let cookie = format!("{}={token}", cfg.token.cookie);
+    let clear =
+        crate::headers::clear_session_cookie(&cfg.token.cookie, cfg.token.cookie_domain.as_deref());
+    match r
+        .shared
+        .liveness
+        .check(&cfg.liveness, &imp.sid, Some(&cookie))
         .await
+    {
+        Ok(Liveness::Live) => {}
+        Ok(Liveness::Ended) => {
+            return LocalResponse::json(401, r#"{"error":"impersonation_ended"}"#.into())
+                .header("set-cookie", clear);
+        }
+        Err(_) => {
+            return LocalResponse::error(
+                503,
+                "liveness_unavailable",
+                "The impersonation cannot be checked right now.",
+                html,
+            )
+            .header("retry-after", "5".into());
+        }
+    }
+    let Ok(body) = read_body(session).await else {
+        return LocalResponse::error(413, "body_too_large", "The form is too large.", html);
+    };
+    let csrf_ok =
+        csrf_field(&body, json_body).is_some_and(|given| r.snap.csrf.verify(&imp.sid, &given));
+    if !csrf_ok {
+        return LocalResponse::error(403, "bad_csrf", "The form token is missing or wrong.", html);
+    }
+    if let Err(e) = call_end(r.shared, &cfg.liveness, &imp.sid, &cookie).await {
+        tracing::warn!(site = %site.name, error = %e, "ending the impersonation failed at the backend");
+        return LocalResponse::error(
+            502,
+            "end_failed",
+            "The platform could not end the impersonation. Try again.",
+            html,
+        );
+    }
+    r.shared
+        .liveness
+        .mark_ended(&imp.sid, cfg.liveness.ended_ttl)
+        .await;
+    let mut ev = AuditEvent::about("impersonation.ended", &site.name, &identity);
+    ev.ended_by = Some("tenant");
+    ev.session_duration_s = identity.iat.map(|iat| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now.saturating_sub(iat)
+    });
+    ev.peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string());
+    r.shared.auditor.emit(ev);
+    if json_client {
+        LocalResponse::json(200, r#"{"ended":true}"#.into()).header("set-cookie", clear)
+    } else {
+        LocalResponse::redirect(303, site.after_end_url.clone()).header("set-cookie", clear)
+    }
+}
+
+/// `POST end_url`: 2xx, or an answer that the session is already ended, is success.
+async fn call_end(
+    shared: &Shared,
+    cfg: &crate::config::LivenessConfig,
+    sid: &str,
+    cookie: &str,
+) -> Result<(), String> {
+    let url = crate::liveness::sid_url(&cfg.end_url, sid);
+    let mut req = shared
+        .liveness
+        .http()
+        .post(url)
+        .timeout(cfg.timeout.max(std::time::Duration::from_secs(2)))
+        .header("cookie", cookie)
+        .header("accept", "application/json");
+    if let Some(b) = &cfg.bearer {
+        req = req.bearer_auth(String::from_utf8_lossy(&b.0));
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) || matches!(status, 404 | 410) {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default().to_ascii_lowercase();
+    if (400..500).contains(&status) && body.contains("ended") {
+        return Ok(());
+    }
+    Err(format!("backend answered {status}"))
 }
 
 pub struct AdminApp {
@@ -172,6 +433,36 @@ mod tests {
         assert_eq!(revoke_sid("/sessions//revoke"), None);
         assert_eq!(revoke_sid("/sessions/a/b/revoke"), None);
         assert_eq!(revoke_sid("/sessions/abc"), None);
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin("https://cafe.example", "cafe.example"));
+        assert!(same_origin("http://cafe.example:8080", "cafe.example:8080"));
+        assert!(same_origin("https://Cafe.Example/page?x=1", "cafe.example"));
+        assert!(!same_origin("https://cafe.example:8443", "cafe.example"));
+        assert!(!same_origin("https://other.example", "cafe.example"));
+        assert!(!same_origin("https://evil.cafe.example", "cafe.example"));
+        assert!(!same_origin(
+            "https://acme.shop.example",
+            "other.shop.example"
+        ));
+        assert!(!same_origin("null", "cafe.example"));
+        assert!(!same_origin(
+            "https://cafe.example@evil.example",
+            "cafe.example"
+        ));
+        assert!(!same_origin("ftp://cafe.example", "cafe.example"));
+    }
+
+    #[test]
+    fn csrf_fields() {
+        assert_eq!(
+            csrf_field(b"a=1&csrf=abc%2Dd", false).as_deref(),
+            Some("abc-d")
+        );
+        assert_eq!(csrf_field(br#"{"csrf":"x"}"#, true).as_deref(), Some("x"));
+        assert_eq!(csrf_field(b"a=1", false), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod banner;
 pub mod config;
 pub mod endpoints;
 pub mod headers;

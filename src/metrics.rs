@@ -22,6 +22,8 @@ pub struct Metrics {
     pub liveness_stale_served: IntCounter,
     pub liveness_backend_errors: IntCounterVec,
     pub liveness_backend_seconds: Histogram,
+    pub banners_spliced: IntCounter,
+    pub banner_skipped: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -138,6 +140,17 @@ impl Metrics {
                 &registry,
                 "sessiongate_liveness_backend_seconds",
                 "Liveness backend call latency",
+            ),
+            banners_spliced: counter(
+                &registry,
+                "sessiongate_banners_spliced_total",
+                "Impersonated HTML pages that got the banner",
+            ),
+            banner_skipped: counter_vec(
+                &registry,
+                "sessiongate_banner_skipped_total",
+                "Impersonated responses without a banner, by reason",
+                &["reason"],
             ),
             registry,
         }

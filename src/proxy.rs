@@ -1,6 +1,10 @@
 //! The thin `impl ProxyHttp`: each hook calls the modules that make the decisions.
 
 use crate::audit::AuditEvent;
+use crate::banner;
+use crate::banner::encoding;
+use crate::banner::markup::{self, BannerInfo};
+use crate::banner::rewrite::{BannerStream, Splice};
 use crate::config::Unauthenticated;
 use crate::endpoints;
 use crate::headers::{self, SessionCookie};
@@ -12,11 +16,12 @@ use crate::site::normalize_host;
 use crate::state::{InflightGuard, Shared, Snapshot};
 use crate::token::Identity;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Request headers over this size in all get `431`.
@@ -38,6 +43,9 @@ pub struct Ctx {
     /// The impersonation was found live: impersonation headers go up, `no-store` comes back,
     /// and every request is audited.
     impersonating: bool,
+    /// The banner splice for this response, when it applies. (`Mutex` because lol_html's
+    /// rewriter is `Send` but not `Sync`; only `get_mut` is used.)
+    banner: Option<Mutex<BannerStream>>,
     outcome: &'static str,
     _inflight: InflightGuard,
 }
@@ -139,59 +147,116 @@ fn peer_ip(session: &Session) -> Option<String> {
         .map(|a| a.ip().to_string())
 }
 
+/// Steps 4–6: cookie, verification, tenant binding. `None` = no session.
+pub fn authenticate(
+    shared: &Shared,
+    snap: &Snapshot,
+    site_idx: usize,
+    req: &RequestHeader,
+    host: &str,
+) -> Option<(Identity, String)> {
+    let config = &snap.config;
+    let site = config.site(site_idx)?;
+    let token = match headers::session_cookie(req, &config.token.cookie) {
+        SessionCookie::Absent => return None,
+        SessionCookie::Conflict => {
+            METRICS.cookie_conflicts.inc();
+            tracing::warn!(site = %site.name, "several different session cookies: no session");
+            return None;
+        }
+        SessionCookie::One(t) => t,
+    };
+    let identity = match snap.verifier.verify(&token) {
+        Ok(id) => id,
+        Err(e) => {
+            METRICS.token_rejected.with_label_values(&[e.label()]).inc();
+            tracing::info!(site = %site.name, reason = %e, "session cookie refused");
+            return None;
+        }
+    };
+    if let Some(pattern) = &site.tenant_from_host {
+        let host_tenant = pattern.tenant(host);
+        let bound = matches!((host_tenant, &identity.tenant_id),
+            (Some(h), Some(t)) if h.eq_ignore_ascii_case(t));
+        if !bound {
+            METRICS
+                .token_rejected
+                .with_label_values(&["tenant_mismatch"])
+                .inc();
+            let mut ev = AuditEvent::about("tenant_mismatch", &site.name, &identity);
+            ev.method = Some(req.method.to_string());
+            ev.path = Some(req.uri.path().to_string());
+            ev.reason = Some(format!(
+                "host names tenant {}",
+                host_tenant.unwrap_or("(none)")
+            ));
+            shared.auditor.emit(ev);
+            return None;
+        }
+    }
+    Some((identity, token))
+}
+
 impl Proxy {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot()
     }
 
-    /// Steps 4–6: cookie, verification, tenant binding. `None` = no session.
-    fn authenticate(
+    /// Decides the banner for an impersonated response and, when it applies, fixes the headers
+    /// and sets up the streaming splice.
+    fn start_banner(
         &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
         snap: &Snapshot,
-        site_idx: usize,
-        req: &RequestHeader,
-        host: &str,
-    ) -> Option<(Identity, String)> {
-        let config = &snap.config;
-        let site = config.site(site_idx)?;
-        let token = match headers::session_cookie(req, &config.token.cookie) {
-            SessionCookie::Absent => return None,
-            SessionCookie::Conflict => {
-                METRICS.cookie_conflicts.inc();
-                tracing::warn!(site = %site.name, "several different session cookies: no session");
-                return None;
-            }
-            SessionCookie::One(t) => t,
+    ) -> Result<()> {
+        let (Some(site), Some(id)) = (ctx.site.and_then(|i| snap.config.site(i)), &ctx.identity)
+        else {
+            return Ok(());
         };
-        let identity = match snap.verifier.verify(&token) {
-            Ok(id) => id,
-            Err(e) => {
-                METRICS.token_rejected.with_label_values(&[e.label()]).inc();
-                tracing::info!(site = %site.name, reason = %e, "session cookie refused");
-                return None;
-            }
+        let Some(imp) = &id.impersonation else {
+            return Ok(());
         };
-        if let Some(pattern) = &site.tenant_from_host {
-            let host_tenant = pattern.tenant(host);
-            let bound = matches!((host_tenant, &identity.tenant_id),
-                (Some(h), Some(t)) if h.eq_ignore_ascii_case(t));
-            if !bound {
+        let req = session.req_header();
+        let coding = match banner::decide(req, resp, site.banner) {
+            Ok(c) => c,
+            Err(skip) => {
                 METRICS
-                    .token_rejected
-                    .with_label_values(&["tenant_mismatch"])
+                    .banner_skipped
+                    .with_label_values(&[skip.label()])
                     .inc();
-                let mut ev = AuditEvent::about("tenant_mismatch", &site.name, &identity);
-                ev.method = Some(req.method.to_string());
-                ev.path = Some(req.uri.path().to_string());
-                ev.reason = Some(format!(
-                    "host names tenant {}",
-                    host_tenant.unwrap_or("(none)")
-                ));
-                self.shared.auditor.emit(ev);
-                return None;
+                return Ok(());
             }
-        }
-        Some((identity, token))
+        };
+        let out = encoding::choose(
+            req.headers
+                .get("accept-encoding")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let nonce = banner::nonce();
+        let chunked = req.version == http::Version::HTTP_11;
+        let script_nonce =
+            banner::fix_response_headers(resp, out, &ctx.authority, &nonce, chunked)?;
+        let info = BannerInfo {
+            target: markup::display(id.email.as_deref().unwrap_or(&id.user_id)),
+            tenant: id.tenant_id.as_deref().map(markup::display),
+            admin_email: imp.admin_email.as_deref().map(markup::display),
+            reason: imp.reason.as_deref().map(markup::display),
+            expires: id.exp,
+            csrf: snap.csrf.token(&imp.sid),
+        };
+        let version = snap.assets.version.clone();
+        let splice = Splice {
+            render: Box::new(move |nonce| markup::banner_html(&info, nonce, &version)),
+            authority: ctx.authority.clone(),
+            nonce,
+            script_nonce,
+        };
+        let stream = BannerStream::new(coding, out, splice)
+            .map_err(|e| Error::explain(ErrorType::InternalError, format!("banner setup: {e}")))?;
+        ctx.banner = Some(Mutex::new(stream));
+        Ok(())
     }
 }
 
@@ -208,6 +273,7 @@ impl ProxyHttp for Proxy {
             host: String::new(),
             identity: None,
             impersonating: false,
+            banner: None,
             outcome: "proxied",
             _inflight: InflightGuard::new(&self.shared),
         }
@@ -259,7 +325,16 @@ impl ProxyHttp for Proxy {
         // Step 1: the reserved prefix never reaches an upstream.
         if policy::is_reserved(&path) {
             ctx.outcome = "reserved";
-            endpoints::reserved(session, &snap, ctx.site, &path, html).await?;
+            let r = endpoints::Reserved {
+                shared: &self.shared,
+                snap: &snap,
+                site: ctx.site,
+                host: &ctx.host,
+                authority: &ctx.authority,
+                path: &path,
+                html,
+            };
+            endpoints::reserved(r, session).await?;
             return Ok(true);
         }
         // Step 2: no site, no upstream contact.
@@ -288,7 +363,13 @@ impl ProxyHttp for Proxy {
             return Ok(false);
         }
         // Steps 4–6.
-        let authenticated = self.authenticate(&snap, site_idx, session.req_header(), &ctx.host);
+        let authenticated = authenticate(
+            &self.shared,
+            &snap,
+            site_idx,
+            session.req_header(),
+            &ctx.host,
+        );
         let (identity, token) = match authenticated {
             Some((id, token)) => (Some(id), Some(token)),
             None => (None, None),
@@ -464,19 +545,24 @@ impl ProxyHttp for Proxy {
         if let Some(id) = &ctx.identity {
             headers::inject(upstream, &snap.names, id, ctx.impersonating)?;
         }
+        if ctx.impersonating && site.banner && banner::wants_document(upstream).is_ok() {
+            banner::prepare_upstream_request(upstream)?;
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(snap) = &ctx.snap {
+        if let Some(snap) = ctx.snap.clone() {
+            let snap = &snap;
             let dropped = headers::drop_session_set_cookie(resp, &snap.config.token.cookie);
             if ctx.impersonating {
                 headers::mark_private(resp)?;
+                self.start_banner(session, resp, ctx, snap)?;
             }
             if dropped > 0 {
                 tracing::warn!(
@@ -487,6 +573,53 @@ impl ProxyHttp for Proxy {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(stream) = ctx.banner.as_mut() else {
+            return Ok(None);
+        };
+        let stream = stream.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut out = match body.take() {
+            Some(chunk) => stream.push(&chunk),
+            None => Ok(Vec::new()),
+        };
+        if end_of_stream && let Ok(bytes) = &mut out {
+            match stream.finish() {
+                Ok(tail) => bytes.extend(tail),
+                Err(e) => out = Err(e),
+            }
+            if stream.inserted() {
+                METRICS.banners_spliced.inc();
+            } else {
+                METRICS
+                    .banner_skipped
+                    .with_label_values(&["no_body_tag"])
+                    .inc();
+            }
+        }
+        match out {
+            Ok(bytes) => {
+                // An empty chunk would read as the end of a chunked body.
+                *body = (!bytes.is_empty()).then(|| Bytes::from(bytes));
+                Ok(None)
+            }
+            Err(e) => {
+                ctx.outcome = "banner_error";
+                METRICS
+                    .banner_skipped
+                    .with_label_values(&["body_error"])
+                    .inc();
+                tracing::warn!(site = ctx.site_label(), error = %e, "ending an impersonated page early");
+                Err(Error::explain(ErrorType::Custom("banner"), e.to_string()))
+            }
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -71,7 +71,9 @@ impl LocalResponse {
         let mut h = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         h.insert_header("content-type", self.content_type)?;
         h.insert_header("content-length", self.body.len().to_string())?;
-        h.insert_header("cache-control", "no-store")?;
+        if !self.headers.iter().any(|(k, _)| *k == "cache-control") {
+            h.insert_header("cache-control", "no-store")?;
+        }
         h.insert_header("x-content-type-options", "nosniff")?;
         for (k, v) in &self.headers {
             h.append_header(*k, v.as_str())?;

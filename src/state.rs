@@ -2,6 +2,7 @@
 //! reload; a request keeps the snapshot it started with), the audit queue, in-flight count.
 
 use crate::audit::Auditor;
+use crate::banner::{Assets, CsrfKey};
 use crate::config::Config;
 use crate::headers::IdentityHeaders;
 use crate::liveness::LivenessChecker;
@@ -14,14 +15,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A config and everything derived from it, built once per load.
 pub struct Snapshot {
     pub config: Config,
+    pub assets: Assets,
+    pub csrf: CsrfKey,
     pub router: Router,
     pub verifier: Verifier,
     pub names: IdentityHeaders,
 }
 
 impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
+    /// `process_key`: the CSRF key used when the config names none.
+    pub fn new(config: Config, process_key: &[u8]) -> Snapshot {
+        let csrf = match &config.banner.csrf_secret {
+            Some(s) => CsrfKey::new(&s.0),
+            None => CsrfKey::new(process_key),
+        };
         Snapshot {
+            assets: Assets::new(&config.banner.color),
+            csrf,
             router: Router::new(&config),
             verifier: Verifier::new(&config.token),
             names: IdentityHeaders::new(&config.header_prefix),
@@ -35,13 +45,16 @@ pub struct Shared {
     pub auditor: Auditor,
     /// Survives reloads: the cache and the backend client's pool.
     pub liveness: LivenessChecker,
+    process_key: Vec<u8>,
     inflight: AtomicUsize,
 }
 
 impl Shared {
     pub fn new(config: Config, auditor: Auditor) -> Shared {
+        let process_key = CsrfKey::random();
         Shared {
-            current: ArcSwap::from_pointee(Snapshot::new(config)),
+            current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
+            process_key,
             auditor,
             liveness: LivenessChecker::new(),
             inflight: AtomicUsize::new(0),
@@ -53,7 +66,8 @@ impl Shared {
     }
 
     pub fn replace(&self, config: Config) {
-        self.current.store(Arc::new(Snapshot::new(config)));
+        self.current
+            .store(Arc::new(Snapshot::new(config, &self.process_key)));
     }
 
     pub fn inflight(&self) -> usize {

@@ -1,0 +1,223 @@
+//! The banner's markup and its two static assets. Every value from the token is escaped for
+//! the HTML context it lands in; non-ASCII becomes a character reference so the banner reads
+//! right whatever the page's charset. The assets carry no user data (only the configured
+//! color), so they are cached long, versioned by a hash of their content.
+
+use crate::banner::csp::{END_PATH, SCRIPT_PATH, STYLE_PATH};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Escapes text for HTML element content and double-quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
+            c if c.is_control() => {}
+            c => out.push_str(&format!("&#x{:x};", c as u32)),
+        }
+    }
+    out
+}
+
+/// What the banner says. Values are as they came in the token (identity headers hold them
+/// percent-encoded; they are decoded back here for display).
+#[derive(Debug, Clone)]
+pub struct BannerInfo {
+    pub target: String,
+    pub tenant: Option<String>,
+    pub admin_email: Option<String>,
+    pub reason: Option<String>,
+    /// Token expiry, Unix seconds.
+    pub expires: u64,
+    pub csrf: String,
+}
+
+pub fn display(header_value: &str) -> String {
+    percent_encoding::percent_decode_str(header_value)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .unwrap_or_else(|_| header_value.to_string())
+}
+
+/// The banner element, spliced right after `<body …>`. `nonce`: set on the script when the
+/// page's CSP needs it. `assets_version` busts the asset cache when the color changes.
+pub fn banner_html(info: &BannerInfo, nonce: Option<&str>, assets_version: &str) -> String {
+    let end = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(info.expires))
+        .to_string();
+    // "2026-11-21T23:38:56Z" -> "23:38 UTC" for the no-JS text.
+    let hhmm = end.get(11..16).unwrap_or("");
+    let nonce_attr = nonce
+        .map(|n| format!(" nonce=\"{}\"", escape(n)))
+        .unwrap_or_default();
+    let tenant = info
+        .tenant
+        .as_deref()
+        .map(|t| {
+            format!(
+                " <span class=\"sg-sep\">in tenant</span> <span class=\"sg-tenant\">{}</span>",
+                escape(t)
+            )
+        })
+        .unwrap_or_default();
+    let admin = info
+        .admin_email
+        .as_deref()
+        .map(|a| {
+            format!(
+                " <span class=\"sg-sep\">as</span> <span class=\"sg-admin\">{}</span>",
+                escape(a)
+            )
+        })
+        .unwrap_or_default();
+    let reason = info
+        .reason
+        .as_deref()
+        .map(|r| format!(" <span class=\"sg-reason\">({})</span>", escape(r)))
+        .unwrap_or_default();
+    format!(
+        "<div id=\"sessiongate-banner\" role=\"region\" aria-label=\"Impersonation\" data-expires=\"{expires}\">\
+<link rel=\"stylesheet\" href=\"{STYLE_PATH}?v={v}\">\
+<div class=\"sg-bar\"><span class=\"sg-text\"><span class=\"sg-label\">Impersonating</span> \
+<strong class=\"sg-target\">{target}</strong>{tenant}{admin}{reason}</span> \
+<span class=\"sg-time\">Ends <time class=\"sg-left\" datetime=\"{end}\">at {hhmm} UTC</time></span> \
+<form class=\"sg-end\" method=\"post\" action=\"{END_PATH}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button type=\"submit\" class=\"sg-button\">End impersonation</button></form></div>\
+<script src=\"{SCRIPT_PATH}?v={v}\" async{nonce_attr}></script></div>",
+        expires = info.expires,
+        v = escape(assets_version),
+        target = escape(&info.target),
+        csrf = escape(&info.csrf),
+    )
+}
+
+/// The stylesheet: works in the light DOM (no JS: scoped `all: initial` with an id selector
+/// and `!important`, so page rules cannot restyle it and it cannot restyle the page) and in
+/// the shadow root the script moves the banner into (`:host`).
+pub fn banner_css(color: &str) -> String {
+    let mut css = String::from(
+        "#sessiongate-banner,#sessiongate-banner *,:host,:host *{all:initial!important;box-sizing:border-box!important}\n",
+    );
+    for (root, scope) in [
+        ("#sessiongate-banner", "#sessiongate-banner "),
+        (":host", ""),
+    ] {
+        css.push_str(&format!(
+            "{root}{{display:block!important;position:sticky!important;top:0!important;left:0!important;\
+width:100%!important;z-index:2147483647!important;background:{color}!important;color:#1c1917!important;\
+font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif!important;\
+border-bottom:2px solid #92400e!important;box-shadow:0 2px 6px rgba(0,0,0,.25)!important}}\n\
+{scope}.sg-bar{{display:flex!important;flex-wrap:wrap!important;align-items:center!important;gap:6px 16px!important;padding:8px 16px!important;font:inherit!important;color:inherit!important}}\n\
+{scope}.sg-text,{scope}.sg-time,{scope}.sg-label,{scope}.sg-sep,{scope}.sg-tenant,{scope}.sg-admin,{scope}.sg-reason,{scope}time{{display:inline!important;font:inherit!important;color:inherit!important}}\n\
+{scope}.sg-target{{display:inline!important;font:inherit!important;font-weight:700!important;color:inherit!important}}\n\
+{scope}.sg-label{{font-weight:700!important;text-transform:uppercase!important;letter-spacing:.04em!important}}\n\
+{scope}.sg-time{{margin-left:auto!important}}\n\
+{scope}.sg-end{{display:inline-block!important;margin:0!important}}\n\
+{scope}.sg-button{{display:inline-block!important;cursor:pointer!important;font:inherit!important;font-weight:700!important;\
+color:#fff!important;background:#1c1917!important;border:0!important;border-radius:4px!important;padding:4px 12px!important}}\n\
+{scope}.sg-button:focus{{outline:2px solid #fff!important;outline-offset:2px!important}}\n\
+{scope}link,{scope}script,{scope}input[type=hidden]{{display:none!important}}\n"
+        ));
+    }
+    css
+}
+
+/// The script: moves the banner into a closed shadow root (page CSS and scripts' selectors no
+/// longer reach it) and turns the end time into a live countdown. DOM APIs only (no
+/// innerHTML), so it also runs under Trusted Types.
+pub const BANNER_JS: &str = r#"(function () {
+  "use strict";
+  var host = document.getElementById("sessiongate-banner");
+  if (!host || host.getAttribute("data-sg-ready")) { return; }
+  host.setAttribute("data-sg-ready", "1");
+  var link = host.querySelector("link[rel=stylesheet]");
+  var left = host.querySelector(".sg-left");
+  var expires = parseInt(host.getAttribute("data-expires"), 10);
+  if (host.attachShadow) {
+    try {
+      var root = host.attachShadow({ mode: "closed" });
+      if (link) {
+        var l = document.createElement("link");
+        l.rel = "stylesheet";
+        l.href = link.href;
+        if (link.nonce) { l.nonce = link.nonce; }
+        root.appendChild(l);
+      }
+      while (host.firstChild) { root.appendChild(host.firstChild); }
+    } catch (e) { /* keep the light-DOM banner */ }
+  }
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function tick() {
+    if (!left || !expires) { return; }
+    var s = Math.max(0, Math.floor(expires - Date.now() / 1000));
+    var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    left.textContent = s > 0 ? "in " + (h > 0 ? h + ":" + pad(m) : m) + ":" + pad(sec) : "now";
+  }
+  tick();
+  setInterval(tick, 1000);
+})();
+"#;
+
+/// A short content hash for cache busting (FNV-1a; not a security property).
+pub fn version_of(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{:012x}", h & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_non_ascii() {
+        assert_eq!(
+            escape("<img src=x onerror=\"a\">&'"),
+            "&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(escape("José"), "Jos&#xe9;");
+        assert_eq!(escape("a\u{0}b"), "ab");
+    }
+
+    #[test]
+    fn banner_holds_escaped_values_and_form() {
+        let info = BannerInfo {
+            target: "u@x.io".into(),
+            tenant: Some("acme".into()),
+            admin_email: Some("<script>alert(1)</script>@x".into()),
+            reason: Some("\"ticket\" <b>42</b>".into()),
+            expires: 1_800_000_000,
+            csrf: "abc".into(),
+        };
+        let html = banner_html(&info, Some("N1"), "v1");
+        assert!(html.starts_with("<div id=\"sessiongate-banner\""));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;@x"));
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains("&quot;ticket&quot; &lt;b&gt;42&lt;/b&gt;"));
+        assert!(html.contains("name=\"csrf\" value=\"abc\""));
+        assert!(html.contains("action=\"/.sessiongate/end-impersonation\""));
+        assert!(html.contains("nonce=\"N1\""));
+        assert!(html.contains("at 08:00 UTC"));
+        assert!(
+            !html.contains("style="),
+            "no inline styles: they would need 'unsafe-inline'"
+        );
+    }
+
+    #[test]
+    fn css_has_the_color_and_the_top_layer() {
+        let css = banner_css("#f59e0b");
+        assert!(css.contains("background:#f59e0b!important"));
+        assert!(css.contains("z-index:2147483647!important"));
+        assert!(css.contains("position:sticky!important"));
+    }
+}

@@ -1,0 +1,380 @@
+//! The impersonation banner: when to splice it, the header fixes that go with a changed body,
+//! the CSRF token of its End form, and the assets. The streaming itself is `rewrite`.
+
+pub mod csp;
+pub mod encoding;
+pub mod markup;
+pub mod rewrite;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use encoding::{Coding, OutCoding};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Why an impersonated response gets no banner (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    SiteOff,
+    Head,
+    Status,
+    NotHtml,
+    Attachment,
+    NotDocument,
+    UnknownEncoding,
+}
+
+impl Skip {
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::SiteOff => "site_off",
+            Skip::Head => "head",
+            Skip::Status => "status",
+            Skip::NotHtml => "not_html",
+            Skip::Attachment => "attachment",
+            Skip::NotDocument => "not_document",
+            Skip::UnknownEncoding => "unknown_encoding",
+        }
+    }
+}
+
+fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Is this request for a top-level document (as far as the request tells)?
+pub fn wants_document(req: &RequestHeader) -> Result<(), Skip> {
+    if req.method == http::Method::HEAD {
+        return Err(Skip::Head);
+    }
+    match header(&req.headers, "sec-fetch-dest") {
+        None => Ok(()),
+        Some(d) if d.trim().eq_ignore_ascii_case("document") => Ok(()),
+        Some(_) => Err(Skip::NotDocument),
+    }
+}
+
+/// Does this response get the banner? `Ok` carries the upstream coding to decode.
+pub fn decide(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    site_banner: bool,
+) -> Result<Coding, Skip> {
+    if !site_banner {
+        return Err(Skip::SiteOff);
+    }
+    wants_document(req)?;
+    let status = resp.status.as_u16();
+    if status < 200 || matches!(status, 204 | 206 | 304) {
+        return Err(Skip::Status);
+    }
+    let ct = header(&resp.headers, "content-type")
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if ct != "text/html" && ct != "application/xhtml+xml" {
+        return Err(Skip::NotHtml);
+    }
+    if header(&resp.headers, "content-disposition").is_some_and(|d| {
+        d.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("attachment")
+    }) {
+        return Err(Skip::Attachment);
+    }
+    let encodings: Vec<_> = resp.headers.get_all("content-encoding").iter().collect();
+    let coding = match encodings.as_slice() {
+        [] => Some(Coding::Identity),
+        [one] => Coding::parse(one.to_str().ok()),
+        _ => None,
+    };
+    coding.ok_or(Skip::UnknownEncoding)
+}
+
+/// For an impersonated document request: no conditional or range request (a 304 or 206 would
+/// show a page without the banner), and identity from the upstream where it agrees.
+pub fn prepare_upstream_request(req: &mut RequestHeader) -> pingora::Result<()> {
+    for h in [
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+    ] {
+        req.remove_header(h);
+    }
+    req.insert_header("accept-encoding", "identity")?;
+    Ok(())
+}
+
+/// Header fixes for a body the proxy rewrites. Returns whether the page's CSP headers need the
+/// banner script to carry `nonce`.
+pub fn fix_response_headers(
+    resp: &mut ResponseHeader,
+    out: OutCoding,
+    authority: &str,
+    nonce: &str,
+    chunked: bool,
+) -> pingora::Result<bool> {
+    resp.remove_header("content-length");
+    resp.remove_header("accept-ranges");
+    resp.remove_header("content-md5");
+    resp.remove_header("digest");
+    resp.remove_header("content-encoding");
+    if let Some(enc) = out.header() {
+        resp.insert_header("content-encoding", enc)?;
+    }
+    if chunked {
+        // Without a length, HTTP/1.1 needs chunked framing or the response is close-delimited.
+        resp.insert_header("transfer-encoding", "chunked")?;
+    }
+    if let Some(etag) = header(&resp.headers, "etag").map(str::to_string)
+        && !etag.starts_with("W/")
+    {
+        resp.insert_header("etag", format!("W/{etag}"))?;
+    }
+    let vary_has_ae = resp.headers.get_all("vary").iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding"))
+    });
+    if !vary_has_ae {
+        resp.append_header("vary", "Accept-Encoding")?;
+    }
+    let mut script_nonce = false;
+    for name in [
+        "content-security-policy",
+        "content-security-policy-report-only",
+    ] {
+        let values: Vec<String> = resp
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        resp.remove_header(name);
+        for v in values {
+            let edited = csp::edit(&v, authority, nonce);
+            // Report-only policies never block: their nonce needs do not count.
+            script_nonce |= edited.script_nonce && name == "content-security-policy";
+            resp.append_header(name, edited.policy)?;
+        }
+    }
+    Ok(script_nonce)
+}
+
+/// A fresh per-response nonce.
+pub fn nonce() -> String {
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // The system RNG failing is not recoverable in a meaningful way; a time-derived value
+        // still differs per response, and the nonce only lets our own script through.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b.copy_from_slice(&t.to_le_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The End form's CSRF token: HMAC-SHA256 of the sid, bound to the session.
+pub struct CsrfKey(hmac::Key);
+
+impl CsrfKey {
+    pub fn new(secret: &[u8]) -> CsrfKey {
+        CsrfKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// A key for this process only (no `csrf_secret_env`).
+    pub fn random() -> Vec<u8> {
+        let mut b = vec![0u8; 32];
+        if aws_lc_rs::rand::fill(&mut b).is_err() {
+            tracing::error!("system RNG failed; the CSRF key is derived from the clock");
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            b[..16].copy_from_slice(&t.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn token(&self, sid: &str) -> String {
+        let tag = hmac::sign(&self.0, sid.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    pub fn verify(&self, sid: &str, given: &str) -> bool {
+        let Ok(tag) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(given.trim()) else {
+            return false;
+        };
+        hmac::verify(&self.0, sid.as_bytes(), &tag).is_ok()
+    }
+}
+
+/// The banner's static assets for one config (the color is the only variable).
+pub struct Assets {
+    pub css: bytes::Bytes,
+    pub js: bytes::Bytes,
+    pub version: String,
+}
+
+impl Assets {
+    pub fn new(color: &str) -> Assets {
+        let css = markup::banner_css(color);
+        let version = markup::version_of(&[&css, markup::BANNER_JS]);
+        Assets {
+            css: bytes::Bytes::from(css),
+            js: bytes::Bytes::from_static(markup::BANNER_JS.as_bytes()),
+            version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/", None).expect("req");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("h");
+        }
+        r
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).expect("resp");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("h");
+        }
+        r
+    }
+
+    #[test]
+    fn decides_when_the_banner_goes_in() {
+        let html = [("content-type", "text/html; charset=utf-8")];
+        let get = req("GET", &[]);
+        assert_eq!(decide(&get, &resp(200, &html), true), Ok(Coding::Identity));
+        assert_eq!(decide(&get, &resp(200, &html), false), Err(Skip::SiteOff));
+        assert_eq!(
+            decide(&req("HEAD", &[]), &resp(200, &html), true),
+            Err(Skip::Head)
+        );
+        assert_eq!(
+            decide(
+                &req("GET", &[("sec-fetch-dest", "empty")]),
+                &resp(200, &html),
+                true
+            ),
+            Err(Skip::NotDocument)
+        );
+        assert!(
+            decide(
+                &req("GET", &[("sec-fetch-dest", "document")]),
+                &resp(200, &html),
+                true
+            )
+            .is_ok()
+        );
+        for s in [204, 206, 304] {
+            assert_eq!(decide(&get, &resp(s, &html), true), Err(Skip::Status));
+        }
+        assert!(decide(&get, &resp(404, &html), true).is_ok());
+        assert_eq!(
+            decide(
+                &get,
+                &resp(200, &[("content-type", "application/json")]),
+                true
+            ),
+            Err(Skip::NotHtml)
+        );
+        assert!(
+            decide(
+                &get,
+                &resp(200, &[("content-type", "application/xhtml+xml")]),
+                true
+            )
+            .is_ok()
+        );
+        let attach = [
+            ("content-type", "text/html"),
+            ("content-disposition", "attachment; filename=a.html"),
+        ];
+        assert_eq!(
+            decide(&get, &resp(200, &attach), true),
+            Err(Skip::Attachment)
+        );
+        let zstd = [("content-type", "text/html"), ("content-encoding", "zstd")];
+        assert_eq!(decide(&get, &resp(200, &zstd), true), Ok(Coding::Zstd));
+        let odd = [
+            ("content-type", "text/html"),
+            ("content-encoding", "compress"),
+        ];
+        assert_eq!(
+            decide(&get, &resp(200, &odd), true),
+            Err(Skip::UnknownEncoding)
+        );
+        let stacked = [
+            ("content-type", "text/html"),
+            ("content-encoding", "gzip, br"),
+        ];
+        assert_eq!(
+            decide(&get, &resp(200, &stacked), true),
+            Err(Skip::UnknownEncoding)
+        );
+    }
+
+    #[test]
+    fn header_fixes() {
+        let mut r = resp(
+            200,
+            &[
+                ("content-type", "text/html"),
+                ("content-length", "100"),
+                ("content-encoding", "gzip"),
+                ("etag", "\"abc\""),
+                ("accept-ranges", "bytes"),
+                (
+                    "content-security-policy",
+                    "script-src 'nonce-x' 'strict-dynamic'",
+                ),
+            ],
+        );
+        let nonce =
+            fix_response_headers(&mut r, OutCoding::Br, "cafe.example", "N", true).expect("fix");
+        assert!(nonce);
+        let h = |n: &str| {
+            r.headers
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("").to_string())
+        };
+        assert_eq!(h("content-length"), None);
+        assert_eq!(h("accept-ranges"), None);
+        assert_eq!(h("content-encoding").as_deref(), Some("br"));
+        assert_eq!(h("transfer-encoding").as_deref(), Some("chunked"));
+        assert_eq!(h("etag").as_deref(), Some("W/\"abc\""));
+        assert_eq!(h("vary").as_deref(), Some("Accept-Encoding"));
+        assert_eq!(
+            h("content-security-policy").as_deref(),
+            Some("script-src 'nonce-x' 'strict-dynamic' 'nonce-N'")
+        );
+    }
+
+    #[test]
+    fn csrf_is_bound_to_the_sid_and_key() {
+        let k = CsrfKey::new(b"k1");
+        let t = k.token("sid-1");
+        assert!(k.verify("sid-1", &t));
+        assert!(!k.verify("sid-2", &t));
+        assert!(!CsrfKey::new(b"k2").verify("sid-1", &t));
+        assert!(!k.verify("sid-1", "garbage!"));
+    }
+}

@@ -1,0 +1,322 @@
+//! The streaming splice: upstream bytes -> decoder -> lol_html (banner after `<body …>`,
+//! `<meta>` CSP edited) -> encoder -> client bytes, one upstream chunk at a time.
+
+use crate::banner::csp;
+use crate::banner::encoding::{Coding, Decoder, Encoder, OutCoding};
+use lol_html::html_content::ContentType;
+use lol_html::send::{HtmlRewriter, Settings};
+use lol_html::{MemorySettings, OutputSink, element};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// lol_html's own buffer limit: a tag or attribute larger than this stops the rewriting; the
+/// rest of the page passes through unchanged (graceful bail-out).
+const REWRITER_MEMORY: usize = 4 * 1024 * 1024;
+/// Decoded bytes allowed per upstream chunk: more is a decompression bomb and ends the
+/// response instead of filling memory.
+pub const MAX_EXPANSION_PER_CHUNK: usize = 32 * 1024 * 1024;
+/// Decoded bytes allowed per response.
+pub const MAX_DECODED: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    #[error("decompression bomb: the body expands beyond the proxy's limit")]
+    Bomb,
+    #[error("the upstream body is not valid {0:?}: {1}")]
+    Decode(Coding, io::Error),
+    #[error("rewriting failed: {0}")]
+    Rewrite(String),
+}
+
+/// Renders the banner markup, given the script nonce when the page's CSP needs one.
+pub type RenderBanner = Box<dyn Fn(Option<&str>) -> String + Send + Sync>;
+
+/// What the banner handler needs; the markup is rendered when `<body>` is reached, because a
+/// `<meta>` CSP in the head may still ask for the script nonce.
+pub struct Splice {
+    pub render: RenderBanner,
+    pub authority: String,
+    pub nonce: String,
+    /// Set when the CSP headers already need the nonce on the script.
+    pub script_nonce: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct ToEncoder(Arc<Mutex<Encoder>>);
+
+impl OutputSink for ToEncoder {
+    fn handle_chunk(&mut self, chunk: &[u8]) {
+        // An encoder error surfaces at `take()`/`finish()`; here it can only be held.
+        let _ = lock(&self.0).write_all(chunk);
+    }
+}
+
+/// The decoder's sink: counts, enforces the limits, feeds the rewriter (or, after a bail-out,
+/// the encoder directly).
+struct RewriteSink {
+    rewriter: Option<HtmlRewriter<'static, ToEncoder>>,
+    encoder: Arc<Mutex<Encoder>>,
+    this_chunk: usize,
+    total: u64,
+    bomb: bool,
+    error: Option<String>,
+}
+
+impl Write for RewriteSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.this_chunk += buf.len();
+        self.total += buf.len() as u64;
+        if self.this_chunk > MAX_EXPANSION_PER_CHUNK || self.total > MAX_DECODED {
+            self.bomb = true;
+            return Err(io::Error::other("decompression limit"));
+        }
+        match &mut self.rewriter {
+            Some(r) => {
+                if let Err(e) = r.write(buf) {
+                    // Memory limit with graceful bail-out: lol_html has flushed what it held;
+                    // the rest passes unchanged.
+                    tracing::warn!(error = %e, "banner rewriter bailed out; passing the rest through");
+                    crate::metrics::METRICS
+                        .banner_skipped
+                        .with_label_values(&["rewriter_bailout"])
+                        .inc();
+                    self.rewriter = None;
+                    if !matches!(e, lol_html::errors::RewritingError::MemoryLimitExceeded(_)) {
+                        self.error = Some(e.to_string());
+                        return Err(io::Error::other("rewriter error"));
+                    }
+                }
+            }
+            None => lock(&self.encoder).write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct BannerStream {
+    decoder: Option<Decoder<RewriteSink>>,
+    encoder: Arc<Mutex<Encoder>>,
+    coding: Coding,
+    inserted: Arc<AtomicBool>,
+}
+
+impl BannerStream {
+    pub fn new(coding: Coding, out: OutCoding, splice: Splice) -> io::Result<BannerStream> {
+        let encoder = Arc::new(Mutex::new(Encoder::new(out)));
+        let inserted = Arc::new(AtomicBool::new(false));
+        let needs_nonce = Arc::new(AtomicBool::new(splice.script_nonce));
+        let splice = Arc::new(splice);
+
+        let (meta_splice, meta_nonce) = (splice.clone(), needs_nonce.clone());
+        let (body_splice, body_nonce, body_inserted) =
+            (splice.clone(), needs_nonce, inserted.clone());
+        let settings = Settings::new_send()
+            .append_element_content_handler(element!("meta[http-equiv]", move |el| {
+                let is_csp = el
+                    .get_attribute("http-equiv")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("content-security-policy"));
+                if is_csp && let Some(content) = el.get_attribute("content") {
+                    let edited = csp::edit(&content, &meta_splice.authority, &meta_splice.nonce);
+                    if edited.script_nonce {
+                        meta_nonce.store(true, Ordering::Relaxed);
+                    }
+                    el.set_attribute("content", &edited.policy)?;
+                }
+                Ok(())
+            }))
+            .append_element_content_handler(element!("body", move |el| {
+                if !body_inserted.swap(true, Ordering::Relaxed) {
+                    let nonce = body_nonce
+                        .load(Ordering::Relaxed)
+                        .then_some(body_splice.nonce.as_str());
+                    el.prepend(&(body_splice.render)(nonce), ContentType::Html);
+                }
+                Ok(())
+            }))
+            .with_memory_settings(
+                MemorySettings::new()
+                    .with_max_allowed_memory_usage(REWRITER_MEMORY)
+                    .with_graceful_bail_out_on_memory_limit_exceeded(true),
+            );
+        let rewriter = HtmlRewriter::new(settings, ToEncoder(encoder.clone()));
+        let sink = RewriteSink {
+            rewriter: Some(rewriter),
+            encoder: encoder.clone(),
+            this_chunk: 0,
+            total: 0,
+            bomb: false,
+            error: None,
+        };
+        Ok(BannerStream {
+            decoder: Some(Decoder::new(coding, sink)?),
+            encoder,
+            coding,
+            inserted,
+        })
+    }
+
+    pub fn inserted(&self) -> bool {
+        self.inserted.load(Ordering::Relaxed)
+    }
+
+    fn classify(&mut self, e: io::Error) -> SpliceError {
+        let sink = self.decoder.as_ref().and_then(|d| match d {
+            Decoder::Identity(s) => Some(s),
+            Decoder::Gzip(d) => Some(d.get_ref()),
+            Decoder::Zlib(d) => Some(d.get_ref()),
+            Decoder::RawDeflate(d) => Some(d.get_ref()),
+            Decoder::Br(d) => Some(d.get_ref()),
+            Decoder::Zstd(d) => Some(d.get_ref()),
+            Decoder::DeflatePending(s, _) => s.as_ref(),
+        });
+        match sink {
+            Some(s) if s.bomb => SpliceError::Bomb,
+            Some(RewriteSink {
+                error: Some(msg), ..
+            }) => SpliceError::Rewrite(msg.clone()),
+            _ => SpliceError::Decode(self.coding, e),
+        }
+    }
+
+    /// Feeds one upstream chunk; returns the client bytes ready now.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, SpliceError> {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Ok(Vec::new());
+        };
+        reset_chunk(decoder);
+        if let Err(e) = decoder.write_all(chunk) {
+            return Err(self.classify(e));
+        }
+        lock(&self.encoder)
+            .take()
+            .map_err(|e| SpliceError::Rewrite(e.to_string()))
+    }
+
+    /// The upstream body ended: flush everything.
+    pub fn finish(&mut self) -> Result<Vec<u8>, SpliceError> {
+        let Some(decoder) = self.decoder.take() else {
+            return Ok(Vec::new());
+        };
+        let sink = decoder
+            .finish()
+            .map_err(|e| SpliceError::Decode(self.coding, e))?;
+        if let Some(rewriter) = sink.rewriter {
+            rewriter
+                .end()
+                .map_err(|e| SpliceError::Rewrite(e.to_string()))?;
+        }
+        let mut guard = lock(&self.encoder);
+        let encoder = std::mem::replace(&mut *guard, Encoder::Identity(Vec::new()));
+        encoder
+            .finish()
+            .map_err(|e| SpliceError::Rewrite(e.to_string()))
+    }
+}
+
+fn reset_chunk(d: &mut Decoder<RewriteSink>) {
+    let sink = match d {
+        Decoder::Identity(s) => Some(s),
+        Decoder::Gzip(d) => Some(d.get_mut()),
+        Decoder::Zlib(d) => Some(d.get_mut()),
+        Decoder::RawDeflate(d) => Some(d.get_mut()),
+        Decoder::Br(d) => Some(d.get_mut()),
+        Decoder::Zstd(d) => Some(d.get_mut()),
+        Decoder::DeflatePending(s, _) => s.as_mut(),
+    };
+    if let Some(s) = sink {
+        s.this_chunk = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn splice(script_nonce: bool) -> Splice {
+        Splice {
+            render: Box::new(|nonce| {
+                format!(
+                    "<div id=\"sessiongate-banner\" data-n=\"{}\"></div>",
+                    nonce.unwrap_or("-")
+                )
+            }),
+            authority: "cafe.example".into(),
+            nonce: "N".into(),
+            script_nonce,
+        }
+    }
+
+    fn run(coding: Coding, out: OutCoding, body: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+        let mut s = BannerStream::new(coding, out, splice(false)).expect("stream");
+        let mut client = Vec::new();
+        for c in body.chunks(chunk) {
+            client.extend(s.push(c).expect("push"));
+        }
+        client.extend(s.finish().expect("finish"));
+        (client, s.inserted())
+    }
+
+    #[test]
+    fn splices_after_the_body_start_tag_across_chunk_boundaries() {
+        let page = b"<!doctype html><html><head><title>t</title></head><body class=\"a\" data-x=\"1\"><p>hi</p></body></html>";
+        for chunk in [1, 3, 17, 1000] {
+            let (out, inserted) = run(Coding::Identity, OutCoding::Identity, page, chunk);
+            assert!(inserted);
+            let out = String::from_utf8(out).expect("utf8");
+            assert!(
+                out.contains("<body class=\"a\" data-x=\"1\"><div id=\"sessiongate-banner\" data-n=\"-\"></div><p>hi</p>"),
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_body_no_banner() {
+        let (out, inserted) = run(Coding::Identity, OutCoding::Identity, b"<p>fragment</p>", 4);
+        assert!(!inserted);
+        assert_eq!(out, b"<p>fragment</p>");
+    }
+
+    #[test]
+    fn meta_csp_is_edited_and_can_ask_for_the_nonce() {
+        let page = b"<html><head><meta http-equiv=\"Content-Security-Policy\" content=\"script-src 'nonce-p' 'strict-dynamic'\"></head><body></body></html>";
+        let (out, _) = run(Coding::Identity, OutCoding::Identity, page, 5);
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(
+            out.contains("content=\"script-src 'nonce-p' 'strict-dynamic' 'nonce-N'\""),
+            "{out}"
+        );
+        assert!(out.contains("data-n=\"N\""), "{out}");
+    }
+
+    #[test]
+    fn gzip_bomb_ends_the_response() {
+        let zeros = vec![0u8; 64 * 1024 * 1024];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&zeros).expect("gz");
+        let bomb = gz.finish().expect("gz");
+        let mut s =
+            BannerStream::new(Coding::Gzip, OutCoding::Gzip, splice(false)).expect("stream");
+        let err = s.push(&bomb).expect_err("bomb");
+        assert!(matches!(err, SpliceError::Bomb), "{err}");
+    }
+
+    #[test]
+    fn garbage_gzip_is_a_decode_error() {
+        let mut s =
+            BannerStream::new(Coding::Gzip, OutCoding::Identity, splice(false)).expect("stream");
+        let r = s.push(b"definitely not gzip").and_then(|_| s.finish());
+        assert!(
+            matches!(r, Err(SpliceError::Decode(Coding::Gzip, _))),
+            "{r:?}"
+        );
+    }
+}
