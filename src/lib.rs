@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod banner;
 pub mod config;
+pub mod demo;
 pub mod endpoints;
 pub mod headers;
 pub mod lifecycle;
@@ -20,6 +21,7 @@ pub mod response;
 pub mod site;
 pub mod state;
 pub mod token;
+pub mod tools;
 
 use config::Config;
 use pingora::apps::HttpServerOptions;

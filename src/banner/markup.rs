@@ -126,7 +126,7 @@ color:#fff!important;background:#1c1917!important;border:0!important;border-radi
     css
 }
 
-/// The script: moves the banner into a closed shadow root (page CSS and scripts' selectors no
+/// The script: moves the banner into a shadow root (page CSS and page selectors no
 /// longer reach it) and turns the end time into a live countdown. DOM APIs only (no
 /// innerHTML), so it also runs under Trusted Types.
 pub const BANNER_JS: &str = r#"(function () {
@@ -139,7 +139,7 @@ pub const BANNER_JS: &str = r#"(function () {
   var expires = parseInt(host.getAttribute("data-expires"), 10);
   if (host.attachShadow) {
     try {
-      var root = host.attachShadow({ mode: "closed" });
+      var root = host.attachShadow({ mode: "open" });
       if (link) {
         var l = document.createElement("link");
         l.rel = "stylesheet";

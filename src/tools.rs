@@ -1,0 +1,286 @@
+//! `sessiongate token mint` and `token inspect`: make tokens for tests and demos, and say
+//! exactly why a token would be refused by a config.
+
+use crate::config::Config;
+use crate::site::normalize_host;
+use crate::token::{MAX_TOKEN_LEN, TokenError, Verifier, precheck};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Map, Value, json};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Default, Clone)]
+pub struct MintArgs {
+    pub alg: String,
+    /// HS*: the secret. Others: a PEM private key.
+    pub key: Vec<u8>,
+    pub sub: String,
+    pub tenant: Option<String>,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    pub ttl: Duration,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub imp_sid: Option<String>,
+    pub imp_admin_id: Option<String>,
+    pub imp_admin_email: Option<String>,
+    pub imp_reason: Option<String>,
+    /// Extra `key=value` claims (value parsed as JSON when it is JSON, else a string).
+    pub claims: Vec<(String, String)>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn mint(a: &MintArgs) -> Result<String, String> {
+    let alg = Algorithm::from_str(&a.alg).map_err(|_| format!("unknown algorithm {}", a.alg))?;
+    let key = match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            Ok(EncodingKey::from_secret(&a.key))
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&a.key),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&a.key),
+        _ => EncodingKey::from_rsa_pem(&a.key),
+    }
+    .map_err(|e| format!("the key is not a {alg:?} private key: {e}"))?;
+    let iat = now();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), json!(a.sub));
+    claims.insert("iat".into(), json!(iat));
+    claims.insert("exp".into(), json!(iat + a.ttl.as_secs()));
+    let opt = |claims: &mut Map<String, Value>, k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            claims.insert(k.into(), json!(v));
+        }
+    };
+    opt(&mut claims, "tenant_id", &a.tenant);
+    opt(&mut claims, "email", &a.email);
+    opt(&mut claims, "iss", &a.issuer);
+    opt(&mut claims, "aud", &a.audience);
+    if !a.roles.is_empty() {
+        claims.insert("roles".into(), json!(a.roles));
+    }
+    if let Some(sid) = &a.imp_sid {
+        let mut imp = Map::new();
+        imp.insert("sid".into(), json!(sid));
+        opt(&mut imp, "admin_id", &a.imp_admin_id);
+        opt(&mut imp, "admin_email", &a.imp_admin_email);
+        opt(&mut imp, "reason", &a.imp_reason);
+        claims.insert("imp".into(), Value::Object(imp));
+    }
+    for (k, v) in &a.claims {
+        let value = serde_json::from_str(v).unwrap_or_else(|_| json!(v));
+        claims.insert(k.clone(), value);
+    }
+    encode(&Header::new(alg), &Value::Object(claims), &key).map_err(|e| format!("cannot sign: {e}"))
+}
+
+/// What `token inspect` found.
+#[derive(Debug)]
+pub struct Inspection {
+    pub header: Option<Value>,
+    pub claims: Option<Value>,
+    /// `None`: accepted.
+    pub refusal: Option<String>,
+    pub notes: Vec<String>,
+}
+
+fn decode_part(part: &str) -> Option<Value> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn human(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Decodes a token for display and verifies it against `config` (and, with `host`, the tenant
+/// binding of the site serving that host).
+pub fn inspect(config: &Config, token: &str, host: Option<&str>) -> Inspection {
+    let token = token.trim();
+    let mut parts = token.split('.');
+    let header = parts.next().and_then(decode_part);
+    let claims = parts.next().and_then(decode_part);
+    let mut notes = Vec::new();
+    let refusal = explain(config, token, host, claims.as_ref(), &mut notes);
+    Inspection {
+        header,
+        claims,
+        refusal,
+        notes,
+    }
+}
+
+fn explain(
+    config: &Config,
+    token: &str,
+    host: Option<&str>,
+    claims: Option<&Value>,
+    notes: &mut Vec<String>,
+) -> Option<String> {
+    if let Err(e) = precheck(token) {
+        return Some(match e {
+            TokenError::TooLarge => format!(
+                "size: {} bytes, over the {MAX_TOKEN_LEN}-byte limit",
+                token.len()
+            ),
+            _ => "malformed: not a compact JWS (three base64url parts)".to_string(),
+        });
+    }
+    let leeway = config.token.leeway.as_secs();
+    let t = now();
+    let identity = match Verifier::new(&config.token).verify(token) {
+        Ok(id) => id,
+        Err(e) => {
+            let num = |k: &str| claims.and_then(|c| c.get(k)).and_then(Value::as_u64);
+            return Some(match e {
+                TokenError::Expired => match num("exp") {
+                    Some(exp) => format!(
+                        "expired: {} ago (exp {exp}, leeway {})",
+                        human(t.saturating_sub(exp)),
+                        human(leeway)
+                    ),
+                    None => "expired".into(),
+                },
+                TokenError::NotYetValid => match num("nbf") {
+                    Some(nbf) => format!(
+                        "not valid yet: nbf is {} from now",
+                        human(nbf.saturating_sub(t))
+                    ),
+                    None => "not valid yet".into(),
+                },
+                TokenError::Algorithm => format!(
+                    "algorithm: the token says {}, the config allows {:?}",
+                    claims_alg(token),
+                    config.token.algorithms
+                ),
+                TokenError::Signature => {
+                    "signature: does not verify with the configured key".into()
+                }
+                TokenError::Issuer => format!(
+                    "issuer: expected {:?}, token has {}",
+                    config.token.issuer.as_deref().unwrap_or(""),
+                    claims
+                        .and_then(|c| c.get("iss"))
+                        .map_or("none".into(), Value::to_string)
+                ),
+                TokenError::Audience => format!(
+                    "audience: expected one of {:?}, token has {}",
+                    config.token.audience.clone().unwrap_or_default(),
+                    claims
+                        .and_then(|c| c.get("aud"))
+                        .map_or("none".into(), Value::to_string)
+                ),
+                other => format!("{}: {other}", other.label()),
+            });
+        }
+    };
+    let left = identity.exp.saturating_sub(t);
+    notes.push(format!("expires in {}", human(left)));
+    if identity.impersonation.is_some() {
+        notes.push("impersonation token: also needs the liveness backend to say live".into());
+    }
+    let Some(host) = host else {
+        if config.sites.iter().any(|s| s.tenant_from_host.is_some()) {
+            notes.push("tenant binding not checked: pass --host HOST".into());
+        }
+        return None;
+    };
+    let Some(normalized) = normalize_host(host) else {
+        return Some(format!("host: {host:?} is not a host name"));
+    };
+    let router = crate::site::Router::new(config);
+    let Some(site) = router.route(&normalized).and_then(|i| config.site(i)) else {
+        return Some(format!(
+            "host: no site serves {normalized} (the proxy answers 421)"
+        ));
+    };
+    if let Some(pattern) = &site.tenant_from_host {
+        let want = pattern.tenant(&normalized);
+        let ok =
+            matches!((want, &identity.tenant_id), (Some(w), Some(t)) if w.eq_ignore_ascii_case(t));
+        if !ok {
+            return Some(format!(
+                "tenant: {normalized} names tenant {}, the token's tenant is {}",
+                want.unwrap_or("(none)"),
+                identity.tenant_id.as_deref().unwrap_or("(none)")
+            ));
+        }
+    }
+    None
+}
+
+fn claims_alg(token: &str) -> String {
+    token
+        .split('.')
+        .next()
+        .and_then(decode_part)
+        .and_then(|h| h.get("alg").map(Value::to_string))
+        .unwrap_or_else(|| "nothing".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config() -> Config {
+        let env: HashMap<String, String> = [("S".to_string(), "s3cret".to_string())].into();
+        Config::parse(
+            "[token]\nsecret_env = \"S\"\n[[site]]\nhost = \"*.shop.example\"\nupstream = \"127.0.0.1:1\"\ntenant_from_host = \"{tenant}.shop.example\"\n",
+            "t.toml",
+            &env,
+        )
+        .expect("config")
+    }
+
+    fn args() -> MintArgs {
+        MintArgs {
+            alg: "HS256".into(),
+            key: b"s3cret".to_vec(),
+            sub: "u1".into(),
+            tenant: Some("acme".into()),
+            ttl: Duration::from_secs(600),
+            ..MintArgs::default()
+        }
+    }
+
+    #[test]
+    fn minted_tokens_are_accepted_and_bound() {
+        let t = mint(&args()).expect("mint");
+        let i = inspect(&config(), &t, Some("acme.shop.example"));
+        assert_eq!(i.refusal, None);
+        assert_eq!(
+            i.claims.and_then(|c| c.get("sub").cloned()),
+            Some(json!("u1"))
+        );
+        let wrong = inspect(&config(), &t, Some("other.shop.example"));
+        assert!(wrong.refusal.is_some_and(|r| r.starts_with("tenant:")));
+    }
+
+    #[test]
+    fn reasons() {
+        let mut bad = args();
+        bad.key = b"other".to_vec();
+        let r = inspect(&config(), &mint(&bad).expect("mint"), None).refusal;
+        assert!(
+            r.as_deref().is_some_and(|r| r.starts_with("signature")),
+            "{r:?}"
+        );
+        let mut old = args();
+        old.claims = vec![("exp".into(), (now() - 3600).to_string())];
+        let r = inspect(&config(), &mint(&old).expect("mint"), None).refusal;
+        assert!(
+            r.as_deref().is_some_and(|r| r.starts_with("expired: 1h")),
+            "{r:?}"
+        );
+        let r = inspect(&config(), "nope", None).refusal;
+        assert!(r.as_deref().is_some_and(|r| r.starts_with("malformed")));
+    }
+}
