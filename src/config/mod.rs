@@ -936,3 +936,91 @@ mod locate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env() -> HashMap<String, String> {
+        [
+            "SESSIONGATE_JWT_SECRET",
+            "SESSIONGATE_ADMIN_TOKEN",
+            "SESSIONGATE_BACKEND_TOKEN",
+            "SESSIONGATE_CSRF_SECRET",
+            "S",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), "secret".to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for file in ["config/example.toml", "config/nixtech.toml"] {
+            let src = std::fs::read_to_string(file).expect("shipped config");
+            if let Err(e) = Config::parse(&src, file, &env()) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    fn errors(src: &str) -> Vec<(String, Option<(usize, usize)>)> {
+        match Config::parse(src, "t.toml", &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.into_iter().map(|e| (e.path, e.position)).collect(),
+        }
+    }
+
+    const SITE: &str = "[[site]]\nhost = \"a.example\"\nupstream = \"127.0.0.1:1\"\n";
+
+    #[test]
+    fn errors_name_the_key_and_its_position() {
+        let src = format!("[token]\nsecret_env = \"S\"\nleeway = \"soon\"\n{SITE}");
+        assert_eq!(
+            errors(&src),
+            vec![("token.leeway".to_string(), Some((3, 10)))]
+        );
+        let src = format!("[token]\nsecret_env = \"S\"\n{SITE}bogus = 1\n");
+        assert_eq!(
+            errors(&src),
+            vec![("site[0].bogus".to_string(), Some((6, 1)))]
+        );
+        let src = format!("[token]\nsecret_env = \"MISSING\"\n{SITE}");
+        assert_eq!(
+            errors(&src),
+            vec![("token.secret_env".to_string(), Some((2, 1)))]
+        );
+        let src = "[token]\nsecret_env = \"S\"\n[[site]]\nhost = \"a.*.b\"\nupstream = \"nope\"\nunauthenticated = \"redirect\"\n";
+        assert_eq!(
+            errors(src),
+            vec![
+                ("site[0].login_url".to_string(), Some((3, 1))),
+                ("site[0].host".to_string(), Some((4, 1))),
+                ("site[0].upstream".to_string(), Some((5, 1))),
+            ]
+        );
+    }
+
+    #[test]
+    fn semantic_checks() {
+        let bad = |extra: &str| {
+            let src = format!("[token]\nsecret_env = \"S\"\n{extra}\n{SITE}");
+            errors(&src).into_iter().map(|(p, _)| p).collect::<Vec<_>>()
+        };
+        assert_eq!(bad("algorithms = [\"none\"]"), vec!["token.algorithms[0]"]);
+        assert_eq!(bad("algorithms = [\"RS256\"]"), vec!["token.secret_env"]);
+        assert_eq!(
+            bad("[listen]\naddr = \"127.0.0.1:9090\""),
+            vec!["admin.addr"]
+        );
+        assert_eq!(bad("[liveness]\nurl = \"http://x/\""), vec!["liveness.url"]);
+        assert_eq!(
+            bad("[liveness]\non_error = \"maybe\""),
+            vec!["liveness.on_error"]
+        );
+        assert_eq!(bad("[audit]\nsink = \"syslog\""), vec!["audit.sink"]);
+        assert_eq!(bad("[banner]\ncolor = \"red;}\""), vec!["banner.color"]);
+        assert!(bad("").is_empty());
+    }
+}
