@@ -301,6 +301,24 @@ pub fn mark_private(resp: &mut ResponseHeader) -> pingora::Result<()> {
     Ok(())
 }
 
+/// Did the raw request head carry both `Content-Length` and `Transfer-Encoding`? Pingora
+/// resolves that per RFC 9112 (Transfer-Encoding wins, the connection closes afterwards) and
+/// drops the `Content-Length` before any hook runs, so only the raw bytes still show it. An
+/// auth proxy refuses such a request outright: it is how requests are smuggled past front ends.
+pub fn framing_conflict(raw_head: &[u8]) -> bool {
+    let mut cl = false;
+    let mut te = false;
+    for line in raw_head.split(|b| *b == b'\n').skip(1) {
+        let name = line.split(|b| *b == b':').next().unwrap_or(&[]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+        }
+    }
+    cl && te
+}
+
 /// Total size of the request head as the limit counts it: target plus every name and value.
 pub fn request_head_size(req: &RequestHeader) -> usize {
     let target = req.uri.to_string().len();
@@ -390,6 +408,20 @@ mod tests {
             untouched.headers.get("cookie").map(|v| v.as_bytes()),
             Some(&b"a=1;b=2"[..])
         );
+    }
+
+    #[test]
+    fn framing_conflicts() {
+        assert!(framing_conflict(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(framing_conflict(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(!framing_conflict(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nX-Transfer-Encoding: x\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -175,7 +175,8 @@ impl LivenessChecker {
         self.last_live.invalidate(sid).await;
     }
 
-    pub async fn is_marked_ended(&self, sid: &str) -> bool {
+    /// Synchronous: usable from Pingora's body filters.
+    pub fn is_marked_ended(&self, sid: &str) -> bool {
         self.ended.contains_key(sid)
     }
 

@@ -21,6 +21,7 @@ use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,9 @@ pub struct Ctx {
     /// The banner splice for this response, when it applies. (`Mutex` because lol_html's
     /// rewriter is `Send` but not `Sync`; only `get_mut` is used.)
     banner: Option<Mutex<BannerStream>>,
+    /// An upgraded (WebSocket) impersonating connection: closed on the first frame after its
+    /// session ends or its token expires.
+    socket: Option<Arc<SocketGuard>>,
     outcome: &'static str,
     _inflight: InflightGuard,
 }
@@ -135,6 +139,27 @@ pub fn login_location(login_url: &str, host: &str, req: &RequestHeader) -> Strin
     login_url.replace("{url}", &encoded.to_string())
 }
 
+/// The state of an upgraded impersonating connection.
+pub struct SocketGuard {
+    ended: AtomicBool,
+    sid: String,
+    exp: u64,
+}
+
+fn guard_exp(weak: &std::sync::Weak<SocketGuard>) -> u64 {
+    weak.upgrade().map_or(0, |g| g.exp)
+}
+
+/// A request asking to switch protocols (WebSocket).
+pub fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key("upgrade")
+        && req.headers.get_all("connection").iter().any(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
 /// The request target as sent (for audit events).
 fn raw_path(req: &RequestHeader) -> String {
     String::from_utf8_lossy(req.raw_path()).into_owned()
@@ -200,6 +225,61 @@ pub fn authenticate(
 impl Proxy {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot()
+    }
+
+    /// Watches an upgraded impersonating connection: every `cache_ttl` (and at the token's
+    /// expiry) the session is checked again; an end flags the guard.
+    fn guard_socket(&self, ctx: &mut Ctx, snap: &Snapshot) {
+        let Some(imp) = ctx
+            .identity
+            .as_ref()
+            .and_then(|id| id.impersonation.as_ref())
+        else {
+            return;
+        };
+        let guard = Arc::new(SocketGuard {
+            ended: AtomicBool::new(false),
+            sid: imp.sid.clone(),
+            exp: ctx.identity.as_ref().map_or(0, |id| id.exp),
+        });
+        ctx.socket = Some(guard.clone());
+        let weak = Arc::downgrade(&guard);
+        let shared = self.shared.clone();
+        let cfg = snap.config.liveness.clone();
+        tokio::spawn(async move {
+            loop {
+                let left =
+                    Duration::from_secs(guard_exp(&weak).saturating_sub(crate::tools::now()));
+                tokio::time::sleep(cfg.cache_ttl.min(left)).await;
+                let Some(g) = weak.upgrade() else { return };
+                let expired = crate::tools::now() >= g.exp;
+                let live = !expired
+                    && matches!(
+                        shared.liveness.check(&cfg, &g.sid, None).await,
+                        Ok(Liveness::Live)
+                    );
+                if !live {
+                    g.ended.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Refuses a frame of an upgraded connection whose impersonation is over.
+    fn check_socket(&self, ctx: &Ctx) -> Result<()> {
+        let Some(g) = &ctx.socket else { return Ok(()) };
+        let over = g.ended.load(Ordering::Relaxed)
+            || crate::tools::now() >= g.exp
+            || self.shared.liveness.is_marked_ended(&g.sid);
+        if over {
+            g.ended.store(true, Ordering::Relaxed);
+            return Err(Error::explain(
+                ErrorType::Custom("impersonation_ended"),
+                "closing a WebSocket whose impersonation ended",
+            ));
+        }
+        Ok(())
     }
 
     /// Decides the banner for an impersonated response and, when it applies, fixes the headers
@@ -274,6 +354,7 @@ impl ProxyHttp for Proxy {
             identity: None,
             impersonating: false,
             banner: None,
+            socket: None,
             outcome: "proxied",
             _inflight: InflightGuard::new(&self.shared),
         }
@@ -293,6 +374,22 @@ impl ProxyHttp for Proxy {
                 431,
                 "request_header_fields_too_large",
                 "Request headers are too large.",
+                html,
+            )
+            .send(session, head)
+            .await?;
+            return Ok(true);
+        }
+        if req.headers.contains_key("transfer-encoding")
+            && let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream()
+            && headers::framing_conflict(&h1.get_headers_raw_bytes())
+        {
+            ctx.outcome = "bad_request";
+            session.set_keepalive(None);
+            LocalResponse::error(
+                400,
+                "bad_request",
+                "Content-Length together with Transfer-Encoding is refused.",
                 html,
             )
             .send(session, head)
@@ -491,7 +588,7 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let site = ctx
             .snap
             .as_ref()
@@ -504,6 +601,16 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = Some(site.read_timeout);
         peer.options.write_timeout = Some(site.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if ctx.impersonating && is_upgrade(session.req_header()) {
+            // An idle impersonating WebSocket cannot be told its session ended (no frame
+            // passes a filter), so it is closed after cache_ttl of silence; clients reconnect
+            // through the liveness check.
+            let cap = ctx
+                .snap
+                .as_ref()
+                .map_or(site.read_timeout, |s| s.config.liveness.cache_ttl);
+            peer.options.read_timeout = Some(site.read_timeout.min(cap));
+        }
         Ok(Box::new(peer))
     }
 
@@ -562,7 +669,11 @@ impl ProxyHttp for Proxy {
             let dropped = headers::drop_session_set_cookie(resp, &snap.config.token.cookie);
             if ctx.impersonating {
                 headers::mark_private(resp)?;
-                self.start_banner(session, resp, ctx, snap)?;
+                if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    self.guard_socket(ctx, snap);
+                } else {
+                    self.start_banner(session, resp, ctx, snap)?;
+                }
             }
             if dropped > 0 {
                 tracing::warn!(
@@ -575,6 +686,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.check_socket(ctx)
+    }
+
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -582,6 +703,7 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        self.check_socket(ctx)?;
         let Some(stream) = ctx.banner.as_mut() else {
             return Ok(None);
         };
