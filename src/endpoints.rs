@@ -180,7 +180,7 @@ async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResp
     let json_body = h("content-type").is_some_and(|c| c.to_ascii_lowercase().contains("json"));
     let json_client = !html && h("accept").is_some_and(|a| a.to_ascii_lowercase().contains("json"));
     let Some((identity, token)) =
-        crate::proxy::authenticate(r.shared, r.snap, site_idx, req, r.host)
+        crate::proxy::authenticate(r.shared, r.snap, site_idx, req, r.host).await
     else {
         return LocalResponse::error(401, "unauthenticated", "No session.", html);
     };

@@ -173,7 +173,7 @@ fn peer_ip(session: &Session) -> Option<String> {
 }
 
 /// Steps 4–6: cookie, verification, tenant binding. `None` = no session.
-pub fn authenticate(
+pub async fn authenticate(
     shared: &Shared,
     snap: &Snapshot,
     site_idx: usize,
@@ -191,7 +191,7 @@ pub fn authenticate(
         }
         SessionCookie::One(t) => t,
     };
-    let identity = match snap.verifier.verify(&token) {
+    let identity = match snap.verifier.verify_fresh(&token).await {
         Ok(id) => id,
         Err(e) => {
             METRICS.token_rejected.with_label_values(&[e.label()]).inc();
@@ -467,7 +467,7 @@ impl ProxyHttp for Proxy {
             session.req_header(),
             &ctx.host,
         );
-        let (identity, token) = match authenticated {
+        let (identity, token) = match authenticated.await {
             Some((id, token)) => (Some(id), Some(token)),
             None => (None, None),
         };

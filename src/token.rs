@@ -1,11 +1,16 @@
 //! Cookie header -> verified claims -> `Identity`. The algorithm is pinned by config and never
 //! read from the token; `exp` is required; every claim that becomes a header is checked here.
 
-use crate::config::TokenConfig;
+use crate::config::{KeySource, TokenConfig};
+use arc_swap::ArcSwap;
+use jsonwebtoken::DecodingKey;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Validation, decode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -33,6 +38,8 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("claim {0} has an invalid value")]
     InvalidClaim(String),
+    #[error("no key in the JWKS matches the token's kid")]
+    UnknownKey,
 }
 
 impl TokenError {
@@ -48,6 +55,7 @@ impl TokenError {
             TokenError::Audience => "audience",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::InvalidClaim(_) => "invalid_claim",
+            TokenError::UnknownKey => "unknown_kid",
         }
     }
 }
@@ -73,10 +81,97 @@ pub struct Identity {
     pub iat: Option<u64>,
 }
 
+/// A JWKS refresh is asked for by tokens with an unknown `kid`; this bounds how often an
+/// attacker with random kids can make the proxy fetch.
+pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keys from a JWKS URL, by `kid`.
+pub struct Jwks {
+    url: String,
+    keys: ArcSwap<HashMap<String, DecodingKey>>,
+    /// A key without `kid`, used for tokens without one when it is the only key.
+    sole: ArcSwap<Option<DecodingKey>>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    http: reqwest::Client,
+}
+
+impl Jwks {
+    fn new(url: String) -> Jwks {
+        Jwks {
+            url,
+            keys: ArcSwap::from_pointee(HashMap::new()),
+            sole: ArcSwap::from_pointee(None),
+            last_fetch: tokio::sync::Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
+        }
+    }
+
+    fn key(&self, kid: Option<&str>) -> Option<DecodingKey> {
+        match kid {
+            Some(k) => self.keys.load().get(k).cloned(),
+            None => self.sole.load().as_ref().clone(),
+        }
+    }
+
+    /// Fetches the set again unless it was fetched within `JWKS_MIN_REFRESH`; concurrent
+    /// callers share one fetch.
+    pub async fn refresh(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok((keys, sole)) => {
+                tracing::info!(keys = keys.len(), "JWKS refreshed");
+                self.keys.store(std::sync::Arc::new(keys));
+                self.sole.store(std::sync::Arc::new(sole));
+            }
+            Err(e) => tracing::warn!(error = %e, "JWKS fetch failed; keeping the previous keys"),
+        }
+    }
+
+    async fn fetch(&self) -> Result<(HashMap<String, DecodingKey>, Option<DecodingKey>), String> {
+        let resp = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("JWKS answered {}", resp.status()));
+        }
+        let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
+        let mut keys = HashMap::new();
+        let mut anonymous = Vec::new();
+        for jwk in &set.keys {
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    keys.insert(kid.clone(), key);
+                }
+                None => anonymous.push(key),
+            }
+        }
+        let sole = match (anonymous.len(), keys.len()) {
+            (1, 0) => anonymous.pop(),
+            (0, 1) => keys.values().next().cloned(),
+            _ => None,
+        };
+        Ok((keys, sole))
+    }
+}
+
 /// Verifies tokens against one `[token]` config.
 pub struct Verifier {
     config: TokenConfig,
     validation: Validation,
+    jwks: Option<Jwks>,
 }
 
 impl Verifier {
@@ -107,31 +202,60 @@ impl Verifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
+        let jwks = match &config.key {
+            KeySource::Jwks(url) => Some(Jwks::new(url.clone())),
+            KeySource::Static(_) => None,
+        };
         Verifier {
             config: config.clone(),
             validation,
+            jwks,
         }
     }
 
+    /// Verifies with the keys at hand (a JWKS token with an unknown `kid` is `UnknownKey`).
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         precheck(token)?;
-        let data =
-            decode::<Value>(token, &self.config.key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::InvalidSignature => TokenError::Signature,
-                    ErrorKind::InvalidAlgorithm
-                    | ErrorKind::InvalidAlgorithmName
-                    | ErrorKind::UnsupportedAlgorithm => TokenError::Algorithm,
-                    ErrorKind::ExpiredSignature => TokenError::Expired,
-                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                    ErrorKind::InvalidIssuer => TokenError::Issuer,
-                    ErrorKind::InvalidAudience => TokenError::Audience,
-                    ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
-                    ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaim(c.clone()),
-                    _ => TokenError::Malformed,
+        let key = match (&self.config.key, &self.jwks) {
+            (KeySource::Static(k), _) => k.clone(),
+            (KeySource::Jwks(_), Some(jwks)) => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+                if !self.config.algorithms.contains(&header.alg) {
+                    return Err(TokenError::Algorithm);
                 }
-            })?;
+                jwks.key(header.kid.as_deref())
+                    .ok_or(TokenError::UnknownKey)?
+            }
+            (KeySource::Jwks(_), None) => return Err(TokenError::UnknownKey),
+        };
+        let data = decode::<Value>(token, &key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::UnsupportedAlgorithm => TokenError::Algorithm,
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidIssuer => TokenError::Issuer,
+            ErrorKind::InvalidAudience => TokenError::Audience,
+            ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+            ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaim(c.clone()),
+            _ => TokenError::Malformed,
+        })?;
         identity(&self.config, &data.claims)
+    }
+
+    /// `verify`, and for a JWKS key unknown so far: refresh the set (rate-limited) and retry.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Identity, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey) => {
+                if let Some(jwks) = &self.jwks {
+                    jwks.refresh().await;
+                }
+                self.verify(token)
+            }
+            other => other,
+        }
     }
 }
 

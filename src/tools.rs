@@ -135,7 +135,16 @@ fn explain(
     }
     let leeway = config.token.leeway.as_secs();
     let t = now();
-    let identity = match Verifier::new(&config.token).verify(token) {
+    // A JWKS config fetches its keys: a small runtime for this one call.
+    let verifier = Verifier::new(&config.token);
+    let verified = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(verifier.verify_fresh(token)),
+        Err(_) => verifier.verify(token),
+    };
+    let identity = match verified {
         Ok(id) => id,
         Err(e) => {
             let num = |k: &str| claims.and_then(|c| c.get(k)).and_then(Value::as_u64);

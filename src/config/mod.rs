@@ -48,7 +48,7 @@ pub struct TokenConfig {
     pub cookie: String,
     pub cookie_domain: Option<String>,
     pub algorithms: Vec<Algorithm>,
-    pub key: DecodingKey,
+    pub key: KeySource,
     pub issuer: Option<String>,
     pub audience: Option<Vec<String>>,
     pub leeway: Duration,
@@ -65,6 +65,16 @@ impl fmt::Debug for TokenConfig {
             .field("leeway", &self.leeway)
             .finish_non_exhaustive()
     }
+}
+
+/// Where verification keys come from.
+#[derive(Clone)]
+pub enum KeySource {
+    /// An HS* secret or a PEM public key, fixed for the life of the config.
+    Static(DecodingKey),
+    /// A JWKS document, fetched at run time and refreshed when a token names an unknown `kid`
+    /// (at most once per `JWKS_MIN_REFRESH`), so keys rotate without a restart.
+    Jwks(String),
 }
 
 /// Dotted paths into the JWT payload.
@@ -451,12 +461,15 @@ impl Validator<'_> {
                 "set exactly one of secret_env, public_key_file, jwks_url",
             );
         }
-        let key = if t.jwks_url.is_some() {
-            self.err(
-                "token.jwks_url",
-                "jwks_url is not supported by this version; use public_key_file",
-            );
-            None
+        let key = if let Some(url) = &t.jwks_url {
+            if algorithms.iter().any(|a| is_hmac(*a)) {
+                self.err(
+                    "token.jwks_url",
+                    "a JWKS holds public keys: use RS*/PS*/ES*/EdDSA algorithms",
+                );
+            }
+            self.http_url("token.jwks_url", url)
+                .then(|| KeySource::Jwks(url.clone()))
         } else if let Some(name) = &t.secret_env {
             if algorithms.iter().any(|a| !is_hmac(*a)) {
                 self.err(
@@ -465,9 +478,10 @@ impl Validator<'_> {
                 );
             }
             self.secret_env("token.secret_env", name)
-                .map(|s| DecodingKey::from_secret(&s.0))
+                .map(|s| KeySource::Static(DecodingKey::from_secret(&s.0)))
         } else if let Some(file) = &t.public_key_file {
             self.public_key("token.public_key_file", file, algorithms.first().copied())
+                .map(KeySource::Static)
         } else {
             None
         };
