@@ -48,8 +48,12 @@ pub fn canonical_path(target: &str) -> CanonicalPath {
                             if hex(bytes.get(i + 3)).is_some() && hex(bytes.get(i + 4)).is_some() {
                                 ambiguous = true;
                             }
-                            decoded.push(b'%');
+                            // Kept encoded, like `?` and `#`, so the canonical form reads the
+                            // same when canonicalized again.
+                            decoded.extend_from_slice(b"%25");
                         }
+                        b'?' => decoded.extend_from_slice(b"%3f"),
+                        b'#' => decoded.extend_from_slice(b"%23"),
                         b';' => {
                             ambiguous = true;
                             decoded.push(b';');
@@ -64,7 +68,7 @@ pub fn canonical_path(target: &str) -> CanonicalPath {
                 }
                 _ => {
                     ambiguous = true;
-                    decoded.push(b'%');
+                    decoded.extend_from_slice(b"%25");
                 }
             }
         } else if b == b'\\' {
@@ -237,6 +241,7 @@ mod tests {
             ("/settings/password".into(), false)
         );
         assert_eq!(c("/../../x"), ("/x".into(), false));
+        assert_eq!(c("/a%3Fb%23c%25"), ("/a%3fb%23c%25".into(), false));
         assert_eq!(c(""), ("/".into(), false));
     }
 
@@ -263,7 +268,15 @@ mod tests {
 
     #[test]
     fn canonical_is_idempotent_on_examples() {
-        for p in ["/a//b/../c/", "/%41/./b", "/x/%2e/y", "/"] {
+        for p in [
+            "/a//b/../c/",
+            "/%41/./b",
+            "/x/%2e/y",
+            "/",
+            "/%3f",
+            "/%2541",
+            "/%zz",
+        ] {
             let once = canonical_path(p).path;
             assert_eq!(canonical_path(&once).path, once);
         }
