@@ -2,7 +2,7 @@
 //! client from removing injected headers through `Connection`, find the session cookie,
 //! filter it out of the upstream `Cookie`, drop an upstream `Set-Cookie` for it, inject.
 
-use crate::token::Identity;
+use crate::token::{Identity, header_encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// The names injected for one `[headers] prefix`, built once per config.
@@ -213,23 +213,25 @@ pub fn inject(
     id: &Identity,
     impersonation_live: bool,
 ) -> pingora::Result<()> {
-    req.insert_header(names.user_id.clone(), &id.user_id)?;
+    let mut set =
+        |name: &str, value: &str| req.insert_header(name.to_string(), header_encode(value));
+    set(&names.user_id, &id.user_id)?;
     if let Some(t) = &id.tenant_id {
-        req.insert_header(names.tenant_id.clone(), t)?;
+        set(&names.tenant_id, t)?;
     }
     if let Some(e) = &id.email {
-        req.insert_header(names.email.clone(), e)?;
+        set(&names.email, e)?;
     }
     if let Some(r) = &id.roles {
-        req.insert_header(names.roles.clone(), r)?;
+        set(&names.roles, r)?;
     }
     if let (true, Some(imp)) = (impersonation_live, &id.impersonation) {
-        req.insert_header(names.imp_session.clone(), &imp.sid)?;
+        set(&names.imp_session, &imp.sid)?;
         if let Some(a) = &imp.admin_id {
-            req.insert_header(names.imp_id.clone(), a)?;
+            set(&names.imp_id, a)?;
         }
         if let Some(a) = &imp.admin_email {
-            req.insert_header(names.imp_email.clone(), a)?;
+            set(&names.imp_email, a)?;
         }
     }
     Ok(())

@@ -319,10 +319,10 @@ impl Proxy {
         let script_nonce =
             banner::fix_response_headers(resp, out, &ctx.authority, &nonce, chunked)?;
         let info = BannerInfo {
-            target: markup::display(id.email.as_deref().unwrap_or(&id.user_id)),
-            tenant: id.tenant_id.as_deref().map(markup::display),
-            admin_email: imp.admin_email.as_deref().map(markup::display),
-            reason: imp.reason.as_deref().map(markup::display),
+            target: id.email.clone().unwrap_or_else(|| id.user_id.clone()),
+            tenant: id.tenant_id.clone(),
+            admin_email: imp.admin_email.clone(),
+            reason: imp.reason.clone(),
             expires: id.exp,
             csrf: snap.csrf.token(&imp.sid),
         };

@@ -68,7 +68,8 @@ pub struct Impersonation {
     pub reason: Option<String>,
 }
 
-/// Who the verified token says the caller is. Every string is already a valid header value.
+/// Who the verified token says the caller is. Values are as in the token (checked to be free of
+/// control characters); `headers::inject` encodes them for headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
@@ -282,10 +283,17 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
     (!v.is_null()).then_some(v)
 }
 
-/// Control characters (including CR/LF) reject; non-ASCII is percent-encoded as UTF-8.
+/// Non-ASCII bytes (and controls, which never get this far) are percent-encoded.
 const NON_ASCII: &AsciiSet = CONTROLS;
 
-fn header_value(name: &str, v: &Value) -> Result<String, TokenError> {
+/// A claim value as it goes into a header: non-ASCII percent-encoded as UTF-8.
+pub fn header_encode(value: &str) -> String {
+    utf8_percent_encode(value, NON_ASCII).to_string()
+}
+
+/// A claim value as the token has it: a string or a number; empty, or holding control
+/// characters (CR/LF included), it rejects the token. Kept raw: encoded only for headers.
+fn claim_string(name: &str, v: &Value) -> Result<String, TokenError> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -294,12 +302,12 @@ fn header_value(name: &str, v: &Value) -> Result<String, TokenError> {
     if s.is_empty() || s.chars().any(|c| c.is_control()) {
         return Err(TokenError::InvalidClaim(name.to_string()));
     }
-    Ok(utf8_percent_encode(&s, NON_ASCII).to_string())
+    Ok(s)
 }
 
 fn optional(claims: &Value, path: &[String], name: &str) -> Result<Option<String>, TokenError> {
     lookup(claims, path)
-        .map(|v| header_value(name, v))
+        .map(|v| claim_string(name, v))
         .transpose()
 }
 
@@ -313,7 +321,7 @@ fn roles(claims: &Value, path: &[String]) -> Result<Option<String>, TokenError> 
     };
     let mut out = Vec::with_capacity(list.len());
     for v in list {
-        let role = header_value("roles", v)?;
+        let role = claim_string("roles", v)?;
         if role.contains(',') || role.chars().any(char::is_whitespace) {
             return Err(bad());
         }
@@ -325,7 +333,7 @@ fn roles(claims: &Value, path: &[String]) -> Result<Option<String>, TokenError> 
 fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError> {
     let paths = &config.claims;
     let user_id = match lookup(claims, &paths.user_id) {
-        Some(v) => header_value("user_id", v)?,
+        Some(v) => claim_string("user_id", v)?,
         None => return Err(TokenError::MissingClaim(paths.user_id.join("."))),
     };
     let impersonation = match lookup(claims, &paths.impersonation) {
@@ -335,7 +343,7 @@ fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError
             let field = |k: &str| -> Result<Option<String>, TokenError> {
                 imp.get(k)
                     .filter(|v| !v.is_null())
-                    .map(|v| header_value(&format!("imp.{k}"), v))
+                    .map(|v| claim_string(&format!("imp.{k}"), v))
                     .transpose()
             };
             let sid = field("sid")?.ok_or_else(|| TokenError::MissingClaim("imp.sid".into()))?;
@@ -400,7 +408,8 @@ mod tests {
         let id = verifier().verify(&t).expect("valid");
         assert_eq!(id.user_id, "u1");
         assert_eq!(id.tenant_id.as_deref(), Some("7"));
-        assert_eq!(id.email.as_deref(), Some("Jos%C3%A9@x.io"));
+        assert_eq!(id.email.as_deref(), Some("José@x.io"));
+        assert_eq!(header_encode("José@x.io"), "Jos%C3%A9@x.io");
         assert_eq!(id.roles.as_deref(), Some("admin,staff"));
         assert_eq!(id.impersonation, None);
     }

@@ -24,8 +24,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// What the banner says. Values are as they came in the token (identity headers hold them
-/// percent-encoded; they are decoded back here for display).
+/// What the banner says: values as they came in the token, escaped when rendered.
 #[derive(Debug, Clone)]
 pub struct BannerInfo {
     pub target: String,
@@ -35,13 +34,6 @@ pub struct BannerInfo {
     /// Token expiry, Unix seconds.
     pub expires: u64,
     pub csrf: String,
-}
-
-pub fn display(header_value: &str) -> String {
-    percent_encoding::percent_decode_str(header_value)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .unwrap_or_else(|_| header_value.to_string())
 }
 
 /// The banner element, spliced right after `<body …>`. `nonce`: set on the script when the

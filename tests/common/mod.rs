@@ -1082,3 +1082,535 @@ pub fn materialize(toml: &str, dir: &TempDir) -> String {
             &dir.path().join("audit.jsonl").display().to_string(),
         )
 }
+
+// ---------------------------------------------------------------------------
+// Platform backend for the liveness checks
+// ---------------------------------------------------------------------------
+
+/// What the test backend answers to one liveness request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// Waited after the request is counted and before the answer is written.
+    pub delay: Duration,
+    /// Close the connection instead of answering (after `delay`).
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            close: false,
+        }
+    }
+
+    /// `200 {"active": true}`.
+    pub fn live() -> Answer {
+        Answer::new(200, r#"{"active":true}"#)
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Drops the connection without a response.
+    pub fn broken() -> Answer {
+        Answer {
+            close: true,
+            ..Answer::new(0, "")
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BackendState {
+    default: Answer,
+    per_sid: std::collections::HashMap<String, Answer>,
+}
+
+/// The platform backend: an HTTP/1.1 server on 127.0.0.1:0 that records every
+/// request and answers what the test set, per sid or by default.
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<BackendState>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    calls: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The sid a liveness request names: the last path segment, percent-decoded.
+pub fn sid_of_target(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    String::from_utf8_lossy(&pct_decode(last)).into_owned()
+}
+
+impl Backend {
+    /// The `[liveness] url` that points at this backend.
+    pub fn url(&self) -> String {
+        format!("http://{}/internal/impersonations/{{sid}}", self.addr)
+    }
+
+    pub fn end_url(&self) -> String {
+        format!("http://{}/tenant/auth/end-impersonation", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BackendState> {
+        self.state.lock().expect("backend state lock")
+    }
+
+    /// The default answer (every sid without its own answer); keeps the delay.
+    pub fn set(&self, status: u16, body: &str) {
+        let mut s = self.state();
+        let delay = s.default.delay;
+        s.default = Answer::new(status, body).delay(delay);
+    }
+
+    /// The default answer's delay.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state().default.delay = delay;
+    }
+
+    pub fn set_answer(&self, answer: Answer) {
+        self.state().default = answer;
+    }
+
+    /// The answer for one sid (as the proxy names it, before encoding).
+    pub fn set_for(&self, sid: &str, status: u16, body: &str) {
+        self.set_answer_for(sid, Answer::new(status, body));
+    }
+
+    pub fn set_answer_for(&self, sid: &str, answer: Answer) {
+        self.state().per_sid.insert(sid.to_string(), answer);
+    }
+
+    /// Every request so far (counted when its head has arrived).
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("backend requests lock").clone()
+    }
+
+    /// Requests whose last path segment decodes to `sid`.
+    pub fn requests_for(&self, sid: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| sid_of_target(&r.target) == sid)
+            .collect()
+    }
+
+    pub fn calls_for(&self, sid: &str) -> usize {
+        self.requests_for(sid).len()
+    }
+
+    /// Waits (bounded) until at least `n` requests have arrived.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.calls() < n {
+            assert!(
+                Instant::now() < deadline,
+                "backend got {} calls, waited for {n}",
+                self.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A backend that answers `200 {"active":true}` until told otherwise.
+pub async fn spawn_backend() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let state = Arc::new(Mutex::new(BackendState {
+        default: Answer::live(),
+        per_sid: std::collections::HashMap::new(),
+    }));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (s, r, c) = (state.clone(), requests.clone(), calls.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(serve_backend_connection(
+                stream,
+                s.clone(),
+                r.clone(),
+                c.clone(),
+            ));
+        }
+    });
+    Backend {
+        addr,
+        state,
+        requests,
+        calls,
+        task,
+    }
+}
+
+async fn serve_backend_connection(
+    mut stream: TcpStream,
+    state: Arc<Mutex<BackendState>>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    calls: Arc<AtomicUsize>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    loop {
+        let (rec, consumed) = loop {
+            let mut hs = vec![httparse::EMPTY_HEADER; 256];
+            let mut req = httparse::Request::new(&mut hs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<(String, Vec<u8>)> = req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), h.value.to_vec()))
+                        .collect();
+                    let content_length = header_lookup(&headers, "content-length")
+                        .first()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let rec = Recorded {
+                        method: req.method.unwrap_or("").to_string(),
+                        target: req.path.unwrap_or("").to_string(),
+                        headers,
+                        body: Vec::new(),
+                    };
+                    break (rec, n + content_length);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return,
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                return;
+            }
+        };
+        if !fill_to(&mut stream, &mut buf, consumed).await {
+            return;
+        }
+        buf.drain(..consumed);
+        let sid = sid_of_target(&rec.target);
+        let answer = {
+            let s = state.lock().expect("backend state lock");
+            s.per_sid.get(&sid).unwrap_or(&s.default).clone()
+        };
+        requests.lock().expect("backend requests lock").push(rec);
+        calls.fetch_add(1, Ordering::SeqCst);
+        if !answer.delay.is_zero() {
+            tokio::time::sleep(answer.delay).await;
+        }
+        if answer.close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        let out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            answer.status,
+            reason(answer.status),
+            answer.body.len(),
+            answer.body
+        );
+        if stream.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Claims of user-42 of tenant `cafe`, impersonated by admin-7 in session `sid`.
+pub fn imp_claims(sid: &str) -> Value {
+    claims_with(json!({
+        "imp": {
+            "sid": sid,
+            "admin_id": "admin-7",
+            "admin_email": "root@nixtech.app",
+            "reason": "ticket #4711",
+        }
+    }))
+}
+
+/// The session cookie of an impersonation token for `sid`.
+pub fn imp_cookie(sid: &str) -> String {
+    session_cookie(&token(&imp_claims(sid)))
+}
+
+// ---------------------------------------------------------------------------
+// HTTP audit receiver
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct AuditReceiverState {
+    /// POSTs answered 2xx, in arrival order.
+    accepted: Vec<Recorded>,
+    refusing: bool,
+}
+
+/// An HTTP audit sink endpoint on a fixed loopback port: records what it
+/// accepts, and can refuse (503) or go away entirely (listener and
+/// connections closed) and come back on the same port.
+pub struct AuditReceiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<AuditReceiverState>>,
+    /// Every request, accepted or refused.
+    attempts: Arc<Mutex<Vec<Recorded>>>,
+    attempt_count: Arc<AtomicUsize>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for AuditReceiver {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().expect("receiver task lock").take() {
+            t.abort();
+        }
+    }
+}
+
+pub async fn spawn_audit_receiver() -> AuditReceiver {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind audit receiver");
+    let addr = listener.local_addr().expect("audit receiver addr");
+    let r = AuditReceiver {
+        addr,
+        state: Arc::new(Mutex::new(AuditReceiverState::default())),
+        attempts: Arc::new(Mutex::new(Vec::new())),
+        attempt_count: Arc::new(AtomicUsize::new(0)),
+        task: Mutex::new(None),
+    };
+    r.serve(listener);
+    r
+}
+
+impl AuditReceiver {
+    /// The `[audit] sink` value.
+    pub fn url(&self) -> String {
+        format!("http://{}/audit", self.addr)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let state = self.state.clone();
+        let handler: Handler = Arc::new(move |rec: &Recorded| {
+            let mut s = state.lock().expect("receiver state lock");
+            if s.refusing {
+                Reply::default().status(503).body(b"down")
+            } else {
+                s.accepted.push(rec.clone());
+                Reply::default().status(200).body(b"")
+            }
+        });
+        let (attempts, count) = (self.attempts.clone(), self.attempt_count.clone());
+        let task = tokio::spawn(async move {
+            // Connections live in the set: aborting this task closes them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    acc = listener.accept() => {
+                        if let Ok((stream, _)) = acc {
+                            conns.spawn(serve_connection(
+                                stream,
+                                handler.clone(),
+                                attempts.clone(),
+                                count.clone(),
+                            ));
+                        }
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        *self.task.lock().expect("receiver task lock") = Some(task);
+    }
+
+    /// Answer `503` to every POST (true) or accept again (false).
+    pub fn refuse(&self, refusing: bool) {
+        self.state.lock().expect("receiver state lock").refusing = refusing;
+    }
+
+    /// Closes the listener and every open connection: the port refuses connections.
+    pub async fn go_down(&self) {
+        let task = self.task.lock().expect("receiver task lock").take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        assert!(
+            !is_listening(self.addr).await,
+            "audit receiver still listening after go_down"
+        );
+    }
+
+    /// Listens on the same port again.
+    pub async fn come_back(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot bind {} again: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Requests that reached the receiver, accepted or refused.
+    pub fn attempts(&self) -> usize {
+        self.attempt_count.load(Ordering::SeqCst)
+    }
+
+    /// The POSTs that were accepted.
+    pub fn accepted(&self) -> Vec<Recorded> {
+        self.state
+            .lock()
+            .expect("receiver state lock")
+            .accepted
+            .clone()
+    }
+
+    /// Every JSON line of every accepted POST, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        self.accepted()
+            .iter()
+            .flat_map(|r| {
+                String::from_utf8_lossy(&r.body)
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| {
+                        serde_json::from_str::<Value>(l)
+                            .unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l:?}"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Waits (bounded by 30 s) until `pred` holds for the accepted events.
+    pub async fn wait_for_events(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "audit receiver: waited 30 s for {what}; it has {} events: {:?}",
+                events.len(),
+                events
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+/// Parses `{k="v",...}` (values without escaped quotes are enough here).
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        let after = &rest[eq + 1..];
+        let Some(after) = after.strip_prefix('"') else {
+            break;
+        };
+        let Some(end) = after.find('"') else { break };
+        out.push((key, after[..end].to_string()));
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Sum of every sample of `name` whose labels include `labels` (0 when none).
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.trim().rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.find('{') {
+            Some(i) => (
+                &series[..i],
+                parse_labels(series[i + 1..].trim_end_matches('}')),
+            ),
+            None => (series, Vec::new()),
+        };
+        if series_name != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+impl Sidecar {
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = plain_client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status(), 200, "GET /metrics");
+        r.text().await.expect("metrics body")
+    }
+
+    /// One metric, summed over the series that carry `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_in(&self.metrics().await, name, labels)
+    }
+
+    /// Polls (bounded by 30 s) until the metric satisfies `pred`; returns its value.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.metric(name, labels).await;
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {name}{labels:?} is {v} after 30 s of waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
