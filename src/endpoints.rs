@@ -236,7 +236,7 @@ async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResp
     }
     r.shared
         .liveness
-        .mark_ended(&imp.sid, cfg.liveness.ended_ttl)
+        .mark_ended(&imp.sid, cfg.liveness.ended_ttl, "tenant")
         .await;
     let mut ev = AuditEvent::about("impersonation.ended", &site.name, &identity);
     ev.ended_by = Some("tenant");
@@ -367,7 +367,7 @@ impl AdminApp {
         }
         self.shared
             .liveness
-            .mark_ended(sid, snap.config.liveness.ended_ttl)
+            .mark_ended(sid, snap.config.liveness.ended_ttl, "admin")
             .await;
         let mut ev = AuditEvent::new("impersonation.ended", "-");
         ev.sid = Some(sid.to_string());
@@ -389,7 +389,11 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => plain(200, "text/plain", b"ok\n".to_vec()),
             ("GET", "/readyz") => {
                 let snap = self.shared.snapshot();
-                let body = format!("ready\nsites: {}\n", snap.config.sites.len());
+                let mut body = format!("ready\nsites: {}\n", snap.config.sites.len());
+                if let Some(f) = &self.shared.fanout {
+                    body.push_str(&f.status());
+                    body.push('\n');
+                }
                 plain(200, "text/plain", body.into_bytes())
             }
             ("GET", "/metrics") => plain(200, "text/plain; version=0.0.4", METRICS.render()),

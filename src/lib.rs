@@ -11,6 +11,7 @@ pub mod banner;
 pub mod config;
 pub mod demo;
 pub mod endpoints;
+pub mod fanout;
 pub mod headers;
 pub mod lifecycle;
 pub mod liveness;

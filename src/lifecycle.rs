@@ -107,6 +107,17 @@ impl BackgroundService for Lifecycle {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let writer = self.writer.clone();
         let audit = tokio::spawn(async move { writer.run(stop_rx).await });
+        let snap = self.shared.snapshot();
+        if let (Some(fanout), Some(url)) = (
+            self.shared.fanout.clone(),
+            snap.config.liveness.redis_url.clone(),
+        ) {
+            let shared = self.shared.clone();
+            let ended_ttl = snap.config.liveness.ended_ttl;
+            let url = String::from_utf8_lossy(&url.0).into_owned();
+            tokio::spawn(async move { fanout.run(url, &shared.liveness, ended_ttl).await });
+        }
+        drop(snap);
         tokio::select! {
             _ = shutdown.changed() => {},
             _ = self.reload_loop() => {},

@@ -88,6 +88,7 @@ fn timed_cache() -> Cache<String, Timed> {
     Cache::builder()
         .max_capacity(MAX_ENTRIES)
         .expire_after(OwnTtl)
+        .support_invalidation_closures()
         .build()
 }
 
@@ -133,6 +134,8 @@ pub struct LivenessChecker {
     ended: Cache<String, Timed>,
     /// When each sid was last seen live, for `on_error = "stale"`.
     last_live: Cache<String, Timed>,
+    /// Where local ends go to reach the other replicas (Redis), when configured.
+    fanout: std::sync::OnceLock<Arc<crate::fanout::Fanout>>,
 }
 
 impl Default for LivenessChecker {
@@ -153,6 +156,7 @@ impl LivenessChecker {
             live: timed_cache(),
             ended: timed_cache(),
             last_live: timed_cache(),
+            fanout: std::sync::OnceLock::new(),
         }
     }
 
@@ -160,19 +164,37 @@ impl LivenessChecker {
         &self.http
     }
 
-    /// Marks a sid ended in this proxy at once (End endpoint, admin revoke).
-    pub async fn mark_ended(&self, sid: &str, ttl: Duration) {
-        self.ended
-            .insert(
-                sid.to_string(),
-                Timed {
-                    at: Instant::now(),
-                    ttl,
-                },
-            )
-            .await;
+    /// Sends every local end to the other replicas from now on.
+    pub fn set_fanout(&self, fanout: Arc<crate::fanout::Fanout>) {
+        let _ = self.fanout.set(fanout);
+    }
+
+    /// Marks a sid ended in this proxy at once (End endpoint, admin revoke) and tells the other
+    /// replicas. `ended_by`: `tenant`, `admin` or `backend`.
+    pub async fn mark_ended(&self, sid: &str, ttl: Duration, ended_by: &str) {
+        self.mark_ended_quietly(sid, ttl).await;
+        if let Some(f) = self.fanout.get() {
+            f.publish(sid, ended_by);
+        }
+    }
+
+    /// Marks a sid ended without telling anyone (a revocation that came from elsewhere).
+    pub async fn mark_ended_quietly(&self, sid: &str, ttl: Duration) {
+        let at = Instant::now();
+        self.ended.insert(sid.to_string(), Timed { at, ttl }).await;
         self.live.invalidate(sid).await;
         self.last_live.invalidate(sid).await;
+    }
+
+    /// Drops live answers obtained before `since` (after a fan-out outage: a revocation may
+    /// have been missed). Returns how many live entries there were.
+    pub fn forget_live_since(&self, since: Instant) -> u64 {
+        let n = self.live.entry_count();
+        let _ = self.live.invalidate_entries_if(move |_, v| v.at < since);
+        let _ = self
+            .last_live
+            .invalidate_entries_if(move |_, v| v.at < since);
+        n
     }
 
     /// Synchronous: usable from Pingora's body filters.
@@ -232,16 +254,12 @@ impl LivenessChecker {
             }
             Err(e) => match e.as_ref() {
                 Fetched::Ended => {
-                    self.ended
-                        .insert(
-                            sid.to_string(),
-                            Timed {
-                                at: Instant::now(),
-                                ttl: cfg.ended_ttl,
-                            },
-                        )
-                        .await;
-                    self.live.invalidate(sid).await;
+                    // Only the caller that ran the lookup tells the other replicas.
+                    if ran.load(Ordering::Relaxed) {
+                        self.mark_ended(sid, cfg.ended_ttl, "backend").await;
+                    } else {
+                        self.mark_ended_quietly(sid, cfg.ended_ttl).await;
+                    }
                     Ok(self.counted(Liveness::Ended))
                 }
                 Fetched::Failed(err) => {

@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `sessiongate_*`, in one registry that outlives config reloads.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -24,6 +24,11 @@ pub struct Metrics {
     pub liveness_backend_seconds: Histogram,
     pub banners_spliced: IntCounter,
     pub banner_skipped: IntCounterVec,
+    pub redis_connected: IntGauge,
+    pub redis_disconnects: IntCounter,
+    pub redis_revocations_published: IntCounter,
+    pub redis_revocations_received: IntCounter,
+    pub redis_messages_ignored: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -151,6 +156,35 @@ impl Metrics {
                 "sessiongate_banner_skipped_total",
                 "Impersonated responses without a banner, by reason",
                 &["reason"],
+            ),
+            redis_connected: {
+                let g = IntGauge::new(
+                    "sessiongate_redis_connected",
+                    "1 while the Redis revocation fan-out is connected",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            redis_disconnects: counter(
+                &registry,
+                "sessiongate_redis_disconnects_total",
+                "Times the Redis revocation fan-out was lost",
+            ),
+            redis_revocations_published: counter(
+                &registry,
+                "sessiongate_redis_revocations_published_total",
+                "Local ends published to the other replicas",
+            ),
+            redis_revocations_received: counter(
+                &registry,
+                "sessiongate_redis_revocations_received_total",
+                "Ends received from other replicas or the backend",
+            ),
+            redis_messages_ignored: counter(
+                &registry,
+                "sessiongate_redis_messages_ignored_total",
+                "Messages on the revocation channel this version does not understand",
             ),
             registry,
         }

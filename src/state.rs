@@ -4,6 +4,7 @@
 use crate::audit::Auditor;
 use crate::banner::{Assets, CsrfKey};
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::headers::IdentityHeaders;
 use crate::liveness::LivenessChecker;
 use crate::site::Router;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub auditor: Auditor,
     /// Survives reloads: the cache and the backend client's pool.
     pub liveness: LivenessChecker,
+    /// The Redis revocation fan-out, when `liveness.redis_url_env` is set (read at start).
+    pub fanout: Option<Arc<Fanout>>,
     process_key: Vec<u8>,
     inflight: AtomicUsize,
 }
@@ -52,11 +55,21 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, auditor: Auditor) -> Shared {
         let process_key = CsrfKey::random();
+        let liveness = LivenessChecker::new();
+        let fanout = config
+            .liveness
+            .redis_url
+            .as_ref()
+            .map(|_| Arc::new(Fanout::new()));
+        if let Some(f) = &fanout {
+            liveness.set_fanout(f.clone());
+        }
         Shared {
+            fanout,
             current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
             process_key,
             auditor,
-            liveness: LivenessChecker::new(),
+            liveness,
             inflight: AtomicUsize::new(0),
         }
     }

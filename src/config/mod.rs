@@ -574,11 +574,17 @@ impl Validator<'_> {
             .redis_url_env
             .as_deref()
             .and_then(|n| self.secret_env("liveness.redis_url_env", n));
-        if redis_url.is_some() {
-            self.err(
-                "liveness.redis_url_env",
-                "Redis fan-out is not supported by this version; remove the key",
-            );
+        if let Some(url) = &redis_url {
+            let url = String::from_utf8_lossy(&url.0);
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                self.err(
+                    "liveness.redis_url_env",
+                    "the variable must hold a redis://, rediss:// or unix:// URL",
+                );
+            }
         }
         self.positive("liveness.cache_ttl", l.cache_ttl);
         self.positive("liveness.ended_ttl", l.ended_ttl);
@@ -604,7 +610,7 @@ impl Validator<'_> {
             timeout: l.timeout,
             on_error: on_error?,
             stale_ttl: l.stale_ttl,
-            redis_url: None,
+            redis_url,
         })
     }
 

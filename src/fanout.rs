@@ -1,0 +1,253 @@
+//! Revocation across replicas through Redis pub/sub. Every local "ended" (End button, admin
+//! revoke, a backend answer of ended) is published; every replica subscribes and marks the sid
+//! ended at once. The platform backend can publish the same message to revoke everywhere.
+//!
+//! Channel `sessiongate:revocations`, message (versioned JSON):
+//! `{"v":1,"sid":"imp-42","ended_by":"tenant"|"admin"|"backend","origin":"<replica id>","ts":<unix s>}`.
+//! Only `v` and `sid` are required from a publisher; unknown fields are ignored; a message with
+//! another `v` is ignored (and counted) so that a newer format can roll out safely.
+//!
+//! While Redis is unreachable a replica falls back to `cache_ttl` (it says so in `/readyz` and
+//! `sessiongate_redis_connected`). After reconnecting it drops the live answers cached before
+//! the outage began, since it may have missed messages, so the bound holds.
+
+use crate::liveness::LivenessChecker;
+use crate::metrics::METRICS;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const CHANNEL: &str = "sessiongate:revocations";
+const HEALTH_EVERY: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub v: u32,
+    pub sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<u64>,
+}
+
+/// Parses a message from the channel; `None` for anything this version does not understand.
+pub fn parse(payload: &[u8]) -> Option<Revocation> {
+    let r: Revocation = serde_json::from_slice(payload).ok()?;
+    (r.v == 1 && !r.sid.is_empty() && !r.sid.chars().any(char::is_control)).then_some(r)
+}
+
+/// The replica's link to Redis: what the rest of the proxy sees of it.
+pub struct Fanout {
+    tx: mpsc::Sender<Revocation>,
+    rx: Mutex<Option<mpsc::Receiver<Revocation>>>,
+    connected: AtomicBool,
+    /// When the link was last known healthy (an answered ping or a message).
+    last_healthy: Mutex<Option<Instant>>,
+    down_since: Mutex<Option<Instant>>,
+    pub replica: String,
+}
+
+impl Fanout {
+    pub fn new() -> Fanout {
+        let (tx, rx) = mpsc::channel(4096);
+        let replica = format!(
+            "{}-{}",
+            std::process::id(),
+            crate::banner::nonce().get(..8).unwrap_or("x")
+        );
+        Fanout {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            connected: AtomicBool::new(false),
+            last_healthy: Mutex::new(None),
+            down_since: Mutex::new(Some(Instant::now())),
+            replica,
+        }
+    }
+
+    /// Queues a local end for publishing (never blocks; a full queue drops and logs).
+    pub fn publish(&self, sid: &str, ended_by: &str) {
+        let msg = Revocation {
+            v: 1,
+            sid: sid.to_string(),
+            ended_by: Some(ended_by.to_string()),
+            origin: Some(self.replica.clone()),
+            ts: Some(crate::tools::now()),
+        };
+        if self.tx.try_send(msg).is_err() {
+            tracing::warn!(
+                sid,
+                "revocation publish queue full; other replicas learn within cache_ttl"
+            );
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// `/readyz` detail.
+    pub fn status(&self) -> String {
+        if self.connected() {
+            "redis: connected".to_string()
+        } else {
+            let since = lock(&self.down_since).map_or(0, |t| t.elapsed().as_secs());
+            format!(
+                "redis: disconnected for {since}s; revocations from other replicas fall back to cache_ttl"
+            )
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        METRICS.redis_connected.set(i64::from(up));
+        if up {
+            *lock(&self.down_since) = None;
+            *lock(&self.last_healthy) = Some(Instant::now());
+        } else if was {
+            *lock(&self.down_since) = Some(Instant::now());
+            METRICS.redis_disconnects.inc();
+        }
+    }
+
+    fn healthy(&self) {
+        *lock(&self.last_healthy) = Some(Instant::now());
+    }
+
+    /// Runs the link until the process stops: connect, subscribe, publish local ends, apply
+    /// remote ones, reconnect with backoff.
+    pub async fn run(&self, url: String, liveness: &LivenessChecker, ended_ttl: Duration) {
+        let Some(mut outbox) = lock(&self.rx).take() else {
+            return;
+        };
+        let client = match redis::Client::open(url.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "liveness.redis_url_env does not hold a usable Redis URL; fan-out is off");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        // When a previous link was last known healthy: everything cached before it may have
+        // missed a revocation.
+        let mut outage_began: Option<Instant> = None;
+        loop {
+            match self
+                .session(&client, &mut outbox, liveness, ended_ttl, &mut outage_began)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    if self.connected() {
+                        tracing::warn!(error = %e, "lost Redis; revocations from other replicas fall back to cache_ttl");
+                    } else {
+                        tracing::debug!(error = %e, "Redis still unreachable");
+                    }
+                    if outage_began.is_none() {
+                        outage_began = Some(lock(&self.last_healthy).unwrap_or_else(Instant::now));
+                    }
+                    self.set_connected(false);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            if self.connected() {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        client: &redis::Client,
+        outbox: &mut mpsc::Receiver<Revocation>,
+        liveness: &LivenessChecker,
+        ended_ttl: Duration,
+        outage_began: &mut Option<Instant>,
+    ) -> redis::RedisResult<()> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(CHANNEL).await?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        // Subscribed: from here on no message is missed. Drop what may have missed some.
+        if let Some(began) = outage_began.take() {
+            let dropped = liveness.forget_live_since(began);
+            tracing::info!(
+                dropped,
+                "Redis is back: live answers cached before the outage dropped"
+            );
+        }
+        self.set_connected(true);
+        tracing::info!(channel = CHANNEL, "revocation fan-out connected");
+        let mut messages = pubsub.on_message();
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription closed")));
+                    };
+                    self.healthy();
+                    match parse(msg.get_payload_bytes()) {
+                        Some(r) if r.origin.as_deref() == Some(self.replica.as_str()) => {}
+                        Some(r) => {
+                            METRICS.redis_revocations_received.inc();
+                            liveness.mark_ended_quietly(&r.sid, ended_ttl).await;
+                            tracing::info!(sid = %r.sid, origin = ?r.origin, "revocation from another replica");
+                        }
+                        None => {
+                            METRICS.redis_messages_ignored.inc();
+                            tracing::warn!("ignoring a revocation message this version does not understand");
+                        }
+                    }
+                }
+                out = outbox.recv() => {
+                    let Some(r) = out else { return Ok(()) };
+                    let payload = serde_json::to_string(&r).unwrap_or_default();
+                    let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).query_async(&mut conn).await?;
+                    METRICS.redis_revocations_published.inc();
+                }
+                _ = health.tick() => {
+                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                    self.healthy();
+                }
+            }
+        }
+    }
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_format() {
+        let r =
+            parse(br#"{"v":1,"sid":"imp-1","ended_by":"admin","origin":"x","ts":1,"extra":true}"#)
+                .expect("valid");
+        assert_eq!(r.sid, "imp-1");
+        assert_eq!(
+            parse(br#"{"v":1,"sid":"imp-1"}"#).map(|r| r.sid).as_deref(),
+            Some("imp-1")
+        );
+        assert!(parse(br#"{"v":2,"sid":"imp-1"}"#).is_none());
+        assert!(parse(br#"{"v":1,"sid":""}"#).is_none());
+        assert!(parse(b"imp-1").is_none());
+    }
+}
