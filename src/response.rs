@@ -81,7 +81,7 @@ impl LocalResponse {
         Ok(h)
     }
 
-    /// Writes the whole response. `keepalive`: whether the connection may serve another request.
+    /// Writes the whole response; `head_only` (a HEAD request) sends the headers alone.
     pub async fn send(self, session: &mut Session, head_only: bool) -> pingora::Result<()> {
         let header = self.to_header()?;
         session
