@@ -8,8 +8,8 @@
 //! another `v` is ignored (and counted) so that a newer format can roll out safely.
 //!
 //! While Redis is unreachable a replica falls back to `cache_ttl` (it says so in `/readyz` and
-//! `sessiongate_redis_connected`). After reconnecting it drops the live answers cached before
-//! the outage began, since it may have missed messages, so the bound holds.
+//! `sessiongate_redis_connected`). After reconnecting (subscribed first) it drops every live
+//! answer cached before that moment, since it may have missed messages, so the bound holds.
 
 use crate::liveness::LivenessChecker;
 use crate::metrics::METRICS;
@@ -47,8 +47,6 @@ pub struct Fanout {
     tx: mpsc::Sender<Revocation>,
     rx: Mutex<Option<mpsc::Receiver<Revocation>>>,
     connected: AtomicBool,
-    /// When the link was last known healthy (an answered ping or a message).
-    last_healthy: Mutex<Option<Instant>>,
     down_since: Mutex<Option<Instant>>,
     pub replica: String,
 }
@@ -65,7 +63,6 @@ impl Fanout {
             tx,
             rx: Mutex::new(Some(rx)),
             connected: AtomicBool::new(false),
-            last_healthy: Mutex::new(None),
             down_since: Mutex::new(Some(Instant::now())),
             replica,
         }
@@ -109,15 +106,10 @@ impl Fanout {
         METRICS.redis_connected.set(i64::from(up));
         if up {
             *lock(&self.down_since) = None;
-            *lock(&self.last_healthy) = Some(Instant::now());
         } else if was {
             *lock(&self.down_since) = Some(Instant::now());
             METRICS.redis_disconnects.inc();
         }
-    }
-
-    fn healthy(&self) {
-        *lock(&self.last_healthy) = Some(Instant::now());
     }
 
     /// Runs the link until the process stops: connect, subscribe, publish local ends, apply
@@ -134,12 +126,11 @@ impl Fanout {
             }
         };
         let mut backoff = Duration::from_millis(100);
-        // When a previous link was last known healthy: everything cached before it may have
-        // missed a revocation.
-        let mut outage_began: Option<Instant> = None;
+        // A link was lost: what is cached may have missed a revocation.
+        let mut after_outage = false;
         loop {
             match self
-                .session(&client, &mut outbox, liveness, ended_ttl, &mut outage_began)
+                .session(&client, &mut outbox, liveness, ended_ttl, &mut after_outage)
                 .await
             {
                 Ok(()) => return,
@@ -149,9 +140,7 @@ impl Fanout {
                     } else {
                         tracing::debug!(error = %e, "Redis still unreachable");
                     }
-                    if outage_began.is_none() {
-                        outage_began = Some(lock(&self.last_healthy).unwrap_or_else(Instant::now));
-                    }
+                    after_outage = true;
                     self.set_connected(false);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -169,19 +158,17 @@ impl Fanout {
         outbox: &mut mpsc::Receiver<Revocation>,
         liveness: &LivenessChecker,
         ended_ttl: Duration,
-        outage_began: &mut Option<Instant>,
+        after_outage: &mut bool,
     ) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        // Subscribed: from here on no message is missed. Drop what may have missed some.
-        if let Some(began) = outage_began.take() {
-            let dropped = liveness.forget_live_since(began);
-            tracing::info!(
-                dropped,
-                "Redis is back: live answers cached before the outage dropped"
-            );
+        // Subscribed: from here on no message is missed. Any live answer cached before now may
+        // have missed a revocation published during the outage, whenever it was cached.
+        if std::mem::take(after_outage) {
+            liveness.forget_live_since(Instant::now());
+            tracing::info!("Redis is back: live answers cached before the reconnect dropped");
         }
         self.set_connected(true);
         tracing::info!(channel = CHANNEL, "revocation fan-out connected");
@@ -193,7 +180,6 @@ impl Fanout {
                     let Some(msg) = msg else {
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription closed")));
                     };
-                    self.healthy();
                     match parse(msg.get_payload_bytes()) {
                         Some(r) if r.origin.as_deref() == Some(self.replica.as_str()) => {}
                         Some(r) => {
@@ -215,7 +201,6 @@ impl Fanout {
                 }
                 _ = health.tick() => {
                     let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-                    self.healthy();
                 }
             }
         }

@@ -187,14 +187,12 @@ impl LivenessChecker {
     }
 
     /// Drops live answers obtained before `since` (after a fan-out outage: a revocation may
-    /// have been missed). Returns how many live entries there were.
-    pub fn forget_live_since(&self, since: Instant) -> u64 {
-        let n = self.live.entry_count();
+    /// have been missed).
+    pub fn forget_live_since(&self, since: Instant) {
         let _ = self.live.invalidate_entries_if(move |_, v| v.at < since);
         let _ = self
             .last_live
             .invalidate_entries_if(move |_, v| v.at < since);
-        n
     }
 
     /// Synchronous: usable from Pingora's body filters.

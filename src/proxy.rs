@@ -380,16 +380,20 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         }
-        if req.headers.contains_key("transfer-encoding")
-            && let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream()
-            && headers::framing_conflict(&h1.get_headers_raw_bytes())
-        {
+        let cl_te = req.headers.contains_key("transfer-encoding")
+            && matches!(session.as_downstream(),
+                pingora::protocols::http::ServerSession::H1(h1) if headers::framing_conflict(&h1.get_headers_raw_bytes()));
+        // Pingora refuses differing duplicate Content-Lengths but forwards equal ones; an
+        // auth proxy refuses both (RFC 9110 allows either; a front end that merges them
+        // differently is how smuggling starts).
+        let duplicate_cl = req.headers.get_all("content-length").iter().count() > 1;
+        if cl_te || duplicate_cl {
             ctx.outcome = "bad_request";
             session.set_keepalive(None);
             LocalResponse::error(
                 400,
                 "bad_request",
-                "Content-Length together with Transfer-Encoding is refused.",
+                "Ambiguous message framing (Content-Length with Transfer-Encoding, or twice) is refused.",
                 html,
             )
             .send(session, head)

@@ -199,6 +199,19 @@ impl<W: Write> Decoder<W> {
         }
     }
 
+    /// Pushes out what the decoder holds (flate2 and zstd keep decoded bytes until the next
+    /// write or a flush), so the client sees each upstream chunk as it comes.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Decoder::Identity(_) | Decoder::DeflatePending(..) => Ok(()),
+            Decoder::Gzip(d) => d.flush(),
+            Decoder::Zlib(d) => d.flush(),
+            Decoder::RawDeflate(d) => d.flush(),
+            Decoder::Br(d) => d.flush(),
+            Decoder::Zstd(d) => d.flush(),
+        }
+    }
+
     /// Ends the compressed stream and returns the sink.
     pub fn finish(self) -> io::Result<W> {
         match self {

@@ -92,7 +92,8 @@ pub fn banner_html(info: &BannerInfo, nonce: Option<&str>, assets_version: &str)
 /// the shadow root the script moves the banner into (`:host`).
 pub fn banner_css(color: &str) -> String {
     let mut css = String::from(
-        "#sessiongate-banner,#sessiongate-banner *,:host,:host *{all:initial!important;box-sizing:border-box!important}\n",
+        "#sessiongate-banner,#sessiongate-banner *,:host,:host *{all:initial!important;box-sizing:border-box!important}\n\
+#sessiongate-banner *,:host *{font:inherit!important;color:inherit!important}\n",
     );
     for (root, scope) in [
         ("#sessiongate-banner", "#sessiongate-banner "),
@@ -100,7 +101,7 @@ pub fn banner_css(color: &str) -> String {
     ] {
         css.push_str(&format!(
             "{root}{{display:block!important;position:sticky!important;top:0!important;left:0!important;\
-width:100%!important;z-index:2147483647!important;background:{color}!important;color:#1c1917!important;\
+margin:var(--sg-mt,0px) var(--sg-mr,0px) 0 var(--sg-ml,0px)!important;width:var(--sg-w,100%)!important;z-index:2147483647!important;background:{color}!important;color:#1c1917!important;\
 font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif!important;\
 border-bottom:2px solid #92400e!important;box-shadow:0 2px 6px rgba(0,0,0,.25)!important}}\n\
 {scope}.sg-bar{{display:flex!important;flex-wrap:wrap!important;align-items:center!important;gap:6px 16px!important;padding:8px 16px!important;font:inherit!important;color:inherit!important}}\n\
@@ -142,6 +143,23 @@ pub const BANNER_JS: &str = r#"(function () {
       while (host.firstChild) { root.appendChild(host.firstChild); }
     } catch (e) { /* keep the light-DOM banner */ }
   }
+  // Full width and flush with the top even when the page's body has a margin or padding:
+  // pull the banner out over them (CSSOM, which CSP allows; no inline style attribute).
+  try {
+    var cs = window.getComputedStyle(document.body);
+    var px = function (p) { return parseFloat(cs.getPropertyValue(p)) || 0; };
+    var insetTop = px("margin-top") + px("padding-top");
+    var insetLeft = px("margin-left") + px("padding-left");
+    var insetRight = px("margin-right") + px("padding-right");
+    // Custom properties: `all` does not reset them, and the stylesheet's `!important` margin
+    // and width read them (an inline `!important` would lose to the shadow root's).
+    if (insetTop || insetLeft || insetRight) {
+      host.style.setProperty("--sg-mt", -insetTop + "px");
+      host.style.setProperty("--sg-ml", -insetLeft + "px");
+      host.style.setProperty("--sg-mr", -insetRight + "px");
+      host.style.setProperty("--sg-w", "calc(100% + " + (insetLeft + insetRight) + "px)");
+    }
+  } catch (e) { /* keep the inset banner */ }
   function pad(n) { return (n < 10 ? "0" : "") + n; }
   function tick() {
     if (!left || !expires) { return; }

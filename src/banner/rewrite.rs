@@ -192,7 +192,7 @@ impl BannerStream {
             return Ok(Vec::new());
         };
         reset_chunk(decoder);
-        if let Err(e) = decoder.write_all(chunk) {
+        if let Err(e) = decoder.write_all(chunk).and_then(|()| decoder.flush()) {
             return Err(self.classify(e));
         }
         lock(&self.encoder)

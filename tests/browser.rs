@@ -1,0 +1,740 @@
+//! The banner in a real browser: headless Chromium, driven through
+//! chromedriver's W3C WebDriver HTTP API, loads pages through the proxy under
+//! four Content-Security-Policies and checks that the page's own scripts and
+//! styles still work, that the banner renders at the top with a live
+//! countdown, and that its End button ends the session.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian's `chromium`
+//! and `chromium-driver`; `.ci/run` installs them). Set
+//! `SESSIONGATE_SKIP_BROWSER=1` to skip on a machine without them.
+//!
+//! Everything runs on loopback: the site is `cafe.localhost`, which Chromium
+//! resolves to 127.0.0.1 and treats as a secure context. Screenshots are kept
+//! in `target/test-artifacts/banner-<variant>.png`.
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const HOST: &str = "cafe.localhost";
+const PAGE_NONCE: &str = "pAgEn0nce4711";
+const ADMIN_EMAIL: &str = "root@nixtech.app";
+const AMBER: &str = "rgb(245, 158, 11)";
+
+// ---------------------------------------------------------------------------
+// WebDriver
+// ---------------------------------------------------------------------------
+
+/// chromedriver plus one browser session; both are ended on drop.
+struct Driver {
+    child: Option<Child>,
+    port: u16,
+    http: reqwest::Client,
+    session: Option<String>,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let dir = TempDir::new();
+        let port = free_port();
+        let log = dir.path().join("chromedriver.log");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .expect("webdriver client");
+        let mut d = Driver {
+            child: Some(child),
+            port,
+            http,
+            session: None,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match d.http.get(d.base("/status")).send().await {
+                Ok(r) => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .is_some_and(|v| v["value"]["ready"] == true),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver not ready after 30 s; log {}",
+                d.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = d.dir.path().join("profile");
+        std::fs::create_dir_all(&profile).expect("profile dir");
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "pageLoadStrategy": "normal",
+                    "timeouts": { "pageLoad": 60000, "script": 30000, "implicit": 0 },
+                    "goog:chromeOptions": {
+                        "binary": CHROMIUM,
+                        "args": [
+                            "--headless=new",
+                            "--no-sandbox",
+                            "--disable-gpu",
+                            "--disable-dev-shm-usage",
+                            "--disable-background-networking",
+                            "--disable-component-update",
+                            "--disable-sync",
+                            "--no-first-run",
+                            "--no-default-browser-check",
+                            "--no-proxy-server",
+                            "--window-size=1280,800",
+                            format!("--user-data-dir={}", profile.display()),
+                        ]
+                    }
+                }
+            }
+        });
+        let (status, v) = d.call(reqwest::Method::POST, "/session", Some(caps)).await;
+        assert_eq!(
+            status,
+            200,
+            "new WebDriver session failed: {v}; log {}",
+            d.log.display()
+        );
+        let id = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sessionId in {v}"))
+            .to_string();
+        d.session = Some(id);
+        d
+    }
+
+    fn base(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn sid(&self) -> &str {
+        self.session.as_deref().expect("a WebDriver session")
+    }
+
+    /// One WebDriver command: (HTTP status, the `value` member).
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method.clone(), self.base(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        } else if method == reqwest::Method::POST {
+            req = req.json(&json!({}));
+        }
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
+        let status = r.status().as_u16();
+        let v: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: reply is not JSON: {e}"));
+        (status, v["value"].clone())
+    }
+
+    /// A session command that must succeed.
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let full = format!("/session/{}{path}", self.sid());
+        let (status, v) = self.call(method.clone(), &full, body).await;
+        assert_eq!(status, 200, "WebDriver {method} {path} failed: {v}");
+        v
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
+    }
+
+    async fn current_url(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Runs `script` (a function body; `return` its result) in the page.
+    async fn exec(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
+    }
+
+    /// A host-only cookie for the current page's host.
+    async fn add_cookie(&self, name: &str, value: &str) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/cookie",
+            Some(json!({ "cookie": { "name": name, "value": value, "path": "/" } })),
+        )
+        .await;
+    }
+
+    /// The named cookie's value, `None` when the browser has none.
+    async fn cookie(&self, name: &str) -> Option<String> {
+        let path = format!("/session/{}/cookie/{name}", self.sid());
+        let (status, v) = self.call(reqwest::Method::GET, &path, None).await;
+        match status {
+            200 => v["value"].as_str().map(str::to_string),
+            404 => None,
+            _ => panic!("WebDriver get cookie {name}: {status} {v}"),
+        }
+    }
+
+    async fn screenshot(&self) -> Vec<u8> {
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("screenshot as base64"))
+            .expect("screenshot base64")
+    }
+
+    /// Polls `script` (bounded) until it returns `true`; panics with `what`
+    /// and the last value of `diagnose` otherwise.
+    async fn wait_for(&self, what: &str, script: &str, diagnose: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.exec(script).await == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let d = self.exec(diagnose).await;
+                panic!("waited 20 s for {what}; page state: {d}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls (bounded) until the current URL's path is `path`.
+    async fn wait_for_path(&self, path: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = self.current_url().await;
+            let p = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+                .unwrap_or_default();
+            if p.split('?').next() == Some(path) {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 20 s for the browser to reach {path}; it is at {url}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Ends the browser session (best effort, blocking: usable from drop).
+    fn delete_session_blocking(&mut self) {
+        let Some(id) = self.session.take() else {
+            return;
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port)
+            .parse()
+            .expect("driver addr");
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let req = format!(
+                "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.port
+            );
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.delete_session_blocking();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- chromedriver log ({}), last lines ---\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The site
+// ---------------------------------------------------------------------------
+
+/// (variant, Content-Security-Policy header)
+const VARIANTS: &[(&str, Option<&str>)] = &[
+    ("no-csp", None),
+    ("unsafe-inline", Some("script-src 'self' 'unsafe-inline'")),
+    (
+        "strict-dynamic",
+        Some(
+            "script-src 'nonce-pAgEn0nce4711' 'strict-dynamic'; object-src 'none'; base-uri 'none'",
+        ),
+    ),
+    (
+        "default-none",
+        Some("default-src 'none'; script-src 'nonce-pAgEn0nce4711'; style-src 'self'"),
+    ),
+];
+
+/// The page: a violation recorder and an inline script (both with the page's
+/// nonce), a same-origin stylesheet and script, and enough text to scroll.
+fn variant_page(variant: &str) -> String {
+    let paragraphs: String = (1..=60)
+        .map(|i| format!("<p class=\"row\">Order {i}: two flat whites and a croissant.</p>\n"))
+        .collect();
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Orders ({variant})</title>
+<script nonce="{PAGE_NONCE}">
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", function (e) {{
+  window.__violations.push({{ blocked: String(e.blockedURI), directive: e.effectiveDirective,
+    source: String(e.sourceFile), sample: String(e.sample || "") }});
+}});
+</script>
+<link rel="stylesheet" href="/public/app.css">
+<script nonce="{PAGE_NONCE}" src="/public/app.js"></script>
+</head>
+<body><h1 id="title">Orders ({variant})</h1>
+<script nonce="{PAGE_NONCE}">document.body.dataset.inline = "ran";</script>
+{paragraphs}</body></html>
+"#
+    )
+}
+
+/// The page's own stylesheet, hostile to anything that looks like a banner.
+const APP_CSS: &str = "h1 { color: rgb(1, 2, 3); }\n\
+div { background: rgb(255, 0, 0) !important; }\n\
+#sessiongate-banner { background: rgb(255, 0, 0) !important; }\n\
+button { visibility: hidden !important; }\n\
+p.row { margin: 0 0 40px 0; }\n";
+
+const APP_JS: &str = "document.documentElement.dataset.external = \"ran\";\n";
+
+fn reply(content_type: &str, body: &str) -> Reply {
+    Reply {
+        headers: vec![("Content-Type".into(), content_type.into())],
+        ..Reply::default()
+    }
+    .body(body.as_bytes())
+}
+
+fn route(rec: &Recorded) -> Reply {
+    let path = rec.path();
+    if let Some(variant) = path.strip_prefix("/csp/")
+        && let Some((name, csp)) = VARIANTS.iter().find(|(n, _)| *n == variant)
+    {
+        let mut r = reply("text/html; charset=utf-8", &variant_page(name));
+        if let Some(csp) = csp {
+            r = r.header("Content-Security-Policy", csp);
+        }
+        return r;
+    }
+    match path {
+        "/public/app.css" => reply("text/css", APP_CSS),
+        "/public/app.js" => reply("text/javascript", APP_JS),
+        "/public/start" => reply(
+            "text/html; charset=utf-8",
+            "<!DOCTYPE html><html><head><title>start</title></head><body><p>start</p></body></html>",
+        ),
+        "/ended" => reply(
+            "text/html; charset=utf-8",
+            "<!DOCTYPE html><html><head><title>ended</title></head><body><p id=\"ended\">Impersonation ended.</p></body></html>",
+        ),
+        _ => reply("text/plain", "not found").status(404),
+    }
+}
+
+fn browser_config(backend: &Backend, upstream: SocketAddr) -> String {
+    // No cookie_domain: the clearing cookie is host-only, like the one the test sets.
+    let token = format!(
+        "[token]\ncookie = \"{COOKIE}\"\nalgorithms = [\"HS256\"]\nsecret_env = \"{SECRET_ENV}\"\nleeway = \"30s\"\n"
+    );
+    config_with_token(
+        &token,
+        &format!(
+            "[liveness]\nurl = \"{}\"\nend_url = \"{}\"\n\n{}",
+            backend.url(),
+            backend.end_url(),
+            site(
+                HOST,
+                upstream,
+                "public_paths = [\"/ended\", \"/public/*\"]\nafter_end_url = \"/ended\""
+            )
+        ),
+    )
+}
+
+fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("test-artifacts")
+}
+
+fn browser_available() -> bool {
+    let have = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !have && std::env::var_os("SESSIONGATE_SKIP_BROWSER").is_some() {
+        eprintln!("SESSIONGATE_SKIP_BROWSER is set and Chromium is missing: skipped");
+        return false;
+    }
+    assert!(
+        have,
+        "{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver; \
+         .ci/run does); set SESSIONGATE_SKIP_BROWSER=1 to skip"
+    );
+    true
+}
+
+/// What the page looks like, as one JSON object (for checks and for messages).
+const STATE_JS: &str = r#"
+var host = document.getElementById("sessiongate-banner");
+var out = {
+  url: location.href,
+  readyState: document.readyState,
+  inline: document.body ? (document.body.dataset.inline || null) : null,
+  external: document.documentElement.dataset.external || null,
+  violations: window.__violations || null,
+  banner: !!host
+};
+if (host) {
+  var r = host.getBoundingClientRect();
+  var cs = getComputedStyle(host);
+  var root = host.shadowRoot;
+  var left = root ? root.querySelector(".sg-left") : null;
+  var button = root ? root.querySelector("button") : null;
+  var h1 = document.getElementById("title");
+  var hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  out.ready = host.getAttribute("data-sg-ready");
+  out.firstChild = document.body.firstChild === host;
+  out.firstElementChild = document.body.firstElementChild === host;
+  out.top = r.top; out.height = r.height; out.width = r.width;
+  out.viewportWidth = document.documentElement.clientWidth;
+  out.display = cs.display; out.visibility = cs.visibility; out.position = cs.position;
+  out.zIndex = cs.zIndex; out.background = cs.backgroundColor;
+  out.shadow = !!root;
+  out.shadowText = root ? root.textContent : null;
+  out.left = left ? left.textContent : null;
+  out.buttonVisibility = button ? getComputedStyle(button).visibility : null;
+  out.buttonText = button ? button.textContent : null;
+  out.hitIsBanner = hit === host;
+  out.h1Top = h1 ? h1.getBoundingClientRect().top : null;
+  out.h1Color = h1 ? getComputedStyle(h1).color : null;
+}
+return out;
+"#;
+
+async fn run_variant(variant: &str) {
+    if !browser_available() {
+        return;
+    }
+    let backend = spawn_backend().await;
+    let up = spawn_upstream_with(route).await;
+    let sc = Sidecar::start(&browser_config(&backend, up.addr), &[(SECRET_ENV, SECRET)]).await;
+    let sid = format!("sid-browser-{variant}");
+    let tok = token(&imp_claims(&sid));
+    let base = format!("http://{HOST}:{}", sc.addr.port());
+    let page_url = format!("{base}/csp/{variant}");
+    let d = Driver::start().await;
+
+    // A public page first, so the cookie can be set for this host.
+    d.goto(&format!("{base}/public/start")).await;
+    d.add_cookie(COOKIE, &tok).await;
+    d.goto(&page_url).await;
+
+    let ready = r#"var h = document.getElementById("sessiongate-banner");
+        return document.readyState === "complete" && !!h && h.getAttribute("data-sg-ready") === "1"
+            && !!h.shadowRoot && !!document.body.dataset.inline;"#;
+    d.wait_for(
+        &format!("{variant}: the page and the banner script"),
+        ready,
+        STATE_JS,
+    )
+    .await;
+    let s = d.exec(STATE_JS).await;
+    let ctx = format!("{variant}: {s}");
+
+    // The page's own content still works under its policy.
+    assert_eq!(s["inline"], "ran", "inline script did not run; {ctx}");
+    assert_eq!(
+        s["external"], "ran",
+        "same-origin script did not run; {ctx}"
+    );
+    assert_eq!(
+        s["h1Color"], "rgb(1, 2, 3)",
+        "page stylesheet not applied; {ctx}"
+    );
+
+    // The banner: first in body, on top, full width, visible, styled by its own CSS.
+    // Where it sits is asserted at the end (`placement`), so that the rest still runs.
+    let mut placement = Vec::new();
+    assert_eq!(s["ready"], "1", "{ctx}");
+    assert_eq!(
+        s["firstChild"], true,
+        "banner is not body's first child; {ctx}"
+    );
+    if s["top"].as_f64() != Some(0.0) {
+        placement.push(format!("banner top is {} px, not 0", s["top"]));
+    }
+    if s["width"] != s["viewportWidth"] {
+        placement.push(format!(
+            "banner is {} px wide in a {} px wide viewport",
+            s["width"], s["viewportWidth"]
+        ));
+    }
+    assert!(
+        s["height"].as_f64().unwrap_or(0.0) > 0.0,
+        "banner has no height; {ctx}"
+    );
+    assert_ne!(s["display"], "none", "{ctx}");
+    assert_eq!(s["visibility"], "visible", "{ctx}");
+    assert_eq!(
+        s["position"], "sticky",
+        "banner stylesheet not applied; {ctx}"
+    );
+    assert_eq!(s["zIndex"], "2147483647", "{ctx}");
+    assert_eq!(
+        s["background"], AMBER,
+        "the page restyled the banner; {ctx}"
+    );
+    assert_eq!(s["hitIsBanner"], true, "something covers the banner; {ctx}");
+    assert!(
+        s["h1Top"].as_f64().unwrap_or(0.0) >= s["height"].as_f64().unwrap_or(f64::MAX) - 0.5,
+        "the banner covers the page instead of pushing it down; {ctx}"
+    );
+    assert_eq!(
+        s["buttonVisibility"], "visible",
+        "the page hid the End button; {ctx}"
+    );
+    assert_eq!(s["buttonText"], "End impersonation", "{ctx}");
+    let shadow_text = s["shadowText"].as_str().unwrap_or_default();
+    assert!(shadow_text.contains(ADMIN_EMAIL), "{ctx}");
+    assert!(shadow_text.contains("ana@example.com"), "{ctx}");
+
+    // The countdown moves.
+    let first = s["left"].as_str().unwrap_or_default().to_string();
+    assert!(is_countdown(&first), "countdown text {first:?}; {ctx}");
+    let left_js = r#"var h = document.getElementById("sessiongate-banner");
+        return h.shadowRoot.querySelector(".sg-left").textContent;"#;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let moved = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now_text = d
+            .exec(left_js)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if now_text != first {
+            break now_text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{variant}: the countdown stayed at {first:?}"
+        );
+    };
+    assert!(is_countdown(&moved), "{variant}: countdown text {moved:?}");
+
+    // Sticky: still at the top after scrolling.
+    let scrolled = d
+        .exec(
+            r#"window.scrollTo(0, 600);
+            return [window.scrollY, document.getElementById("sessiongate-banner").getBoundingClientRect().top];"#,
+        )
+        .await;
+    assert!(
+        scrolled[0].as_f64().unwrap_or(0.0) > 0.0,
+        "{variant}: the page did not scroll: {scrolled}"
+    );
+    assert_eq!(
+        scrolled[1].as_f64(),
+        Some(0.0),
+        "{variant}: the banner scrolled away: {scrolled}"
+    );
+    d.exec("window.scrollTo(0, 0); return true;").await;
+
+    // No policy violation for the page's own resources, nor for the banner's.
+    let violations = d.exec("return window.__violations;").await;
+    let own: Vec<&Value> = violations
+        .as_array()
+        .expect("violations array")
+        .iter()
+        .filter(|v| {
+            !v["blocked"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("/favicon.ico")
+        })
+        .collect();
+    assert!(own.is_empty(), "{variant}: CSP violations {own:?}");
+
+    // The screenshot, kept as an artifact.
+    let png = d.screenshot().await;
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "{variant}: screenshot is not a PNG"
+    );
+    let dir = artifacts_dir();
+    std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
+    let shot = dir.join(format!("banner-{variant}.png"));
+    std::fs::write(&shot, &png).expect("write screenshot");
+    eprintln!("{variant}: screenshot at {}", shot.display());
+
+    // End impersonation: the button in the shadow root.
+    let ends_before = end_calls(&backend).len();
+    d.exec(
+        "document.getElementById('sessiongate-banner').shadowRoot.querySelector('button').click(); return true;",
+    )
+    .await;
+    d.wait_for_path("/ended").await;
+    let ends = end_calls(&backend);
+    assert_eq!(
+        ends.len(),
+        ends_before + 1,
+        "{variant}: end_url calls {ends:?}"
+    );
+    let sent = ends
+        .last()
+        .and_then(|r| r.header("cookie"))
+        .unwrap_or_default();
+    assert!(
+        sent.split(';')
+            .any(|c| c.trim() == session_cookie(&tok).as_str()),
+        "{variant}: end_url got Cookie {sent:?}"
+    );
+    assert_eq!(
+        d.cookie(COOKIE).await,
+        None,
+        "{variant}: the browser still holds the session cookie"
+    );
+    let ended_text = d
+        .exec("var e = document.getElementById('ended'); return e ? e.textContent : null;")
+        .await;
+    assert_eq!(ended_text, "Impersonation ended.", "{variant}");
+
+    // The same token now gets the ended treatment, at once.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(HOST, sc.addr)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let r = c
+        .get(&page_url)
+        .header("cookie", session_cookie(&tok))
+        .header("accept", "application/json")
+        .header("sec-fetch-mode", "cors")
+        .header("sec-fetch-dest", "empty")
+        .send()
+        .await
+        .expect("fetch after End");
+    assert_eq!(r.status(), 401, "{variant}: fetch after End");
+    assert_eq!(
+        r.text().await.expect("body"),
+        r#"{"error":"impersonation_ended"}"#,
+        "{variant}"
+    );
+    // And in the browser: the old cookie brought back lands on after_end_url.
+    d.add_cookie(COOKIE, &tok).await;
+    d.goto(&page_url).await;
+    d.wait_for_path("/ended").await;
+    let banner_left = d
+        .exec("return !!document.getElementById('sessiongate-banner');")
+        .await;
+    assert_eq!(banner_left, false, "{variant}: a banner after End");
+    let audit = sc
+        .wait_for_audit(|e| e["event"] == "impersonation.ended" && e["sid"] == sid.as_str())
+        .await;
+    assert!(
+        audit.is_some(),
+        "{variant}: no impersonation.ended audit event"
+    );
+
+    assert!(
+        placement.is_empty(),
+        "{variant}: the banner is not at the top, full width: {placement:?}; {ctx}"
+    );
+}
+
+fn end_calls(backend: &Backend) -> Vec<Recorded> {
+    backend
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path() == "/tenant/auth/end-impersonation")
+        .collect()
+}
+
+/// "in M:SS" or "in H:MM:SS".
+fn is_countdown(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("in ") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1..].iter().all(|p| p.len() == 2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_banner_without_csp() {
+    run_variant("no-csp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_banner_under_self_and_unsafe_inline() {
+    run_variant("unsafe-inline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_banner_under_nonce_and_strict_dynamic() {
+    run_variant("strict-dynamic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_banner_under_default_src_none() {
+    run_variant("default-none").await;
+}
