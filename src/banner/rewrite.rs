@@ -60,6 +60,8 @@ impl OutputSink for ToEncoder {
 struct RewriteSink {
     rewriter: Option<HtmlRewriter<'static, ToEncoder>>,
     encoder: Arc<Mutex<Encoder>>,
+    /// Set by the `<body>` handler: nothing after the banner needs parsing.
+    inserted: Arc<AtomicBool>,
     this_chunk: usize,
     total: u64,
     bomb: bool,
@@ -76,7 +78,20 @@ impl Write for RewriteSink {
         }
         match &mut self.rewriter {
             Some(r) => {
-                if let Err(e) = r.write(buf) {
+                let written = r.write(buf);
+                if written.is_ok() && self.inserted.load(Ordering::Relaxed) {
+                    // The banner is in and every rewrite happens before `<body>`: end the
+                    // rewriter (it emits what it still buffers, unchanged) and pass the rest of
+                    // the page straight through instead of parsing it.
+                    if let Some(r) = self.rewriter.take() {
+                        r.end().map_err(|e| {
+                            self.error = Some(e.to_string());
+                            io::Error::other("rewriter error")
+                        })?;
+                    }
+                    return Ok(buf.len());
+                }
+                if let Err(e) = written {
                     // Memory limit with graceful bail-out: lol_html has flushed what it held;
                     // the rest passes unchanged.
                     tracing::warn!(error = %e, "banner rewriter bailed out; passing the rest through");
@@ -150,6 +165,7 @@ impl BannerStream {
         let sink = RewriteSink {
             rewriter: Some(rewriter),
             encoder: encoder.clone(),
+            inserted: inserted.clone(),
             this_chunk: 0,
             total: 0,
             bomb: false,
