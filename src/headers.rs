@@ -67,9 +67,17 @@ const FORWARDING: [&str; 4] = [
 
 /// `_` read as `-` here too: Rack and WSGI apps see `X_Forwarded_Host` as `X-Forwarded-Host`.
 fn is_forwarding(name: &str) -> bool {
-    FORWARDING
-        .iter()
-        .any(|f| f.len() == name.len() && fold(name) == *f)
+    FORWARDING.iter().any(|f| folded_eq(name, f))
+}
+
+/// `name` equals the lower-case `target` with `_` read as `-` (no allocation: this runs for
+/// every header of every request).
+fn folded_eq(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| fold_byte(a) == b)
 }
 
 /// Removes every identity-family header and every client copy of the forwarding headers, and
@@ -82,7 +90,7 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
         .keys()
         .map(|k| k.as_str())
         .filter(|k| {
-            names.in_family(k) || is_forwarding(k) || URL_OVERRIDES.contains(&fold(k).as_str())
+            names.in_family(k) || is_forwarding(k) || URL_OVERRIDES.iter().any(|u| folded_eq(k, u))
         })
         .map(str::to_string)
         .collect();
@@ -323,7 +331,7 @@ pub fn framing_conflict(raw_head: &[u8]) -> bool {
 
 /// Total size of the request head as the limit counts it: target plus every name and value.
 pub fn request_head_size(req: &RequestHeader) -> usize {
-    let target = req.uri.to_string().len();
+    let target = req.raw_path().len();
     req.headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)

@@ -173,6 +173,22 @@ pub struct Verifier {
     config: TokenConfig,
     validation: Validation,
     jwks: Option<Jwks>,
+    /// Tokens already verified with a fixed key, until their expiry (at most
+    /// `VERIFIED_TTL`): a session's requests skip the HMAC/RSA and JSON work. Not used with a
+    /// JWKS, whose keys can be withdrawn.
+    verified: Option<moka::sync::Cache<String, Identity>>,
+}
+
+/// The longest a verified token is remembered.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+
+struct UntilExpiry(u64);
+
+impl moka::Expiry<String, Identity> for UntilExpiry {
+    fn expire_after_create(&self, _k: &String, id: &Identity, _at: Instant) -> Option<Duration> {
+        let left = (id.exp + self.0).saturating_sub(crate::tools::now());
+        Some(Duration::from_secs(left).min(VERIFIED_TTL))
+    }
 }
 
 impl Verifier {
@@ -210,6 +226,12 @@ impl Verifier {
         Verifier {
             config: config.clone(),
             validation,
+            verified: jwks.is_none().then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(50_000)
+                    .expire_after(UntilExpiry(config.leeway.as_secs()))
+                    .build()
+            }),
             jwks,
         }
     }
@@ -217,6 +239,23 @@ impl Verifier {
     /// Verifies with the keys at hand (a JWKS token with an unknown `kid` is `UnknownKey`).
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         precheck(token)?;
+        if let Some(cache) = &self.verified
+            && let Some(id) = cache.get(token)
+        {
+            // The entry expires with the token, but a clock read keeps it exact.
+            if crate::tools::now() < id.exp + self.config.leeway.as_secs() {
+                return Ok(id);
+            }
+            cache.invalidate(token);
+        }
+        let identity = self.verify_uncached(token)?;
+        if let Some(cache) = &self.verified {
+            cache.insert(token.to_string(), identity.clone());
+        }
+        Ok(identity)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Identity, TokenError> {
         let key = match (&self.config.key, &self.jwks) {
             (KeySource::Static(k), _) => k.clone(),
             (KeySource::Jwks(_), Some(jwks)) => {
