@@ -32,32 +32,24 @@ pub struct Reserved<'a> {
 pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> pingora::Result<()> {
     let head = session.req_header().method == http::Method::HEAD;
     let method = session.req_header().method.clone();
-    let asset = |body: &bytes::Bytes, content_type: &'static str| {
+    let asset = match r.path.path.as_str() {
+        p if p == csp::SCRIPT_PATH => Some((&r.snap.assets.js, "text/javascript; charset=utf-8")),
+        p if p == csp::STYLE_PATH => Some((&r.snap.assets.css, "text/css; charset=utf-8")),
+        _ => None,
+    };
+    if let Some((body, content_type)) = asset {
+        if !matches!(method.as_str(), "GET" | "HEAD") {
+            return method_not_allowed("GET", r.html).send(session, head).await;
+        }
         let mut resp = LocalResponse::json(200, String::new()).header(
             "cache-control",
             "public, max-age=31536000, immutable".into(),
         );
         resp.body = body.clone();
         resp.content_type = content_type;
-        resp
-    };
+        return resp.send(session, head).await;
+    }
     match r.path.path.as_str() {
-        p if p == csp::SCRIPT_PATH => {
-            if !matches!(method.as_str(), "GET" | "HEAD") {
-                return method_not_allowed("GET", r.html).send(session, head).await;
-            }
-            asset(&r.snap.assets.js, "text/javascript; charset=utf-8")
-                .send(session, head)
-                .await
-        }
-        p if p == csp::STYLE_PATH => {
-            if !matches!(method.as_str(), "GET" | "HEAD") {
-                return method_not_allowed("GET", r.html).send(session, head).await;
-            }
-            asset(&r.snap.assets.css, "text/css; charset=utf-8")
-                .send(session, head)
-                .await
-        }
         p if p == csp::END_PATH => {
             let answer = end_impersonation(&r, session).await;
             answer.send(session, head).await

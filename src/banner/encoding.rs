@@ -199,6 +199,31 @@ impl<W: Write> Decoder<W> {
         }
     }
 
+    /// The sink the decoded bytes go to.
+    pub fn sink(&self) -> Option<&W> {
+        match self {
+            Decoder::Identity(s) => Some(s),
+            Decoder::Gzip(d) => Some(d.get_ref()),
+            Decoder::Zlib(d) => Some(d.get_ref()),
+            Decoder::RawDeflate(d) => Some(d.get_ref()),
+            Decoder::Br(d) => Some(d.get_ref()),
+            Decoder::Zstd(d) => Some(d.get_ref()),
+            Decoder::DeflatePending(s, _) => s.as_ref(),
+        }
+    }
+
+    pub fn sink_mut(&mut self) -> Option<&mut W> {
+        match self {
+            Decoder::Identity(s) => Some(s),
+            Decoder::Gzip(d) => Some(d.get_mut()),
+            Decoder::Zlib(d) => Some(d.get_mut()),
+            Decoder::RawDeflate(d) => Some(d.get_mut()),
+            Decoder::Br(d) => Some(d.get_mut()),
+            Decoder::Zstd(d) => Some(d.get_mut()),
+            Decoder::DeflatePending(s, _) => s.as_mut(),
+        }
+    }
+
     /// Pushes out what the decoder holds (flate2 and zstd keep decoded bytes until the next
     /// write or a flush), so the client sees each upstream chunk as it comes.
     pub fn flush(&mut self) -> io::Result<()> {

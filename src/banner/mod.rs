@@ -171,18 +171,27 @@ pub fn fix_response_headers(
     Ok(script_nonce)
 }
 
-/// A fresh per-response nonce.
-pub fn nonce() -> String {
-    let mut b = [0u8; 16];
+/// `n` random bytes from the system RNG. Should the RNG fail (it does not on Linux), the clock
+/// stands in: these values only tell the proxy's own script and forms apart, per response or
+/// per process, and a config can always name a CSRF secret.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // The system RNG failing is not recoverable in a meaningful way; a time-derived value
-        // still differs per response, and the nonce only lets our own script through.
+        tracing::error!("system RNG failed; using the clock");
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b.copy_from_slice(&t.to_le_bytes());
+            .map_or(0, |d| d.as_nanos())
+            .to_le_bytes();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = t[i % t.len()];
+        }
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    b
+}
+
+/// A fresh per-response nonce.
+pub fn nonce() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(16))
 }
 
 /// The End form's CSRF token: HMAC-SHA256 of the sid, bound to the session.
@@ -195,15 +204,7 @@ impl CsrfKey {
 
     /// A key for this process only (no `csrf_secret_env`).
     pub fn random() -> Vec<u8> {
-        let mut b = vec![0u8; 32];
-        if aws_lc_rs::rand::fill(&mut b).is_err() {
-            tracing::error!("system RNG failed; the CSRF key is derived from the clock");
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            b[..16].copy_from_slice(&t.to_le_bytes());
-        }
-        b
+        random_bytes(32)
     }
 
     pub fn token(&self, sid: &str) -> String {

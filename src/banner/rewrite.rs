@@ -184,15 +184,7 @@ impl BannerStream {
     }
 
     fn classify(&mut self, e: io::Error) -> SpliceError {
-        let sink = self.decoder.as_ref().and_then(|d| match d {
-            Decoder::Identity(s) => Some(s),
-            Decoder::Gzip(d) => Some(d.get_ref()),
-            Decoder::Zlib(d) => Some(d.get_ref()),
-            Decoder::RawDeflate(d) => Some(d.get_ref()),
-            Decoder::Br(d) => Some(d.get_ref()),
-            Decoder::Zstd(d) => Some(d.get_ref()),
-            Decoder::DeflatePending(s, _) => s.as_ref(),
-        });
+        let sink = self.decoder.as_ref().and_then(|d| d.sink());
         match sink {
             Some(s) if s.bomb => SpliceError::Bomb,
             Some(RewriteSink {
@@ -238,16 +230,7 @@ impl BannerStream {
 }
 
 fn reset_chunk(d: &mut Decoder<RewriteSink>) {
-    let sink = match d {
-        Decoder::Identity(s) => Some(s),
-        Decoder::Gzip(d) => Some(d.get_mut()),
-        Decoder::Zlib(d) => Some(d.get_mut()),
-        Decoder::RawDeflate(d) => Some(d.get_mut()),
-        Decoder::Br(d) => Some(d.get_mut()),
-        Decoder::Zstd(d) => Some(d.get_mut()),
-        Decoder::DeflatePending(s, _) => s.as_mut(),
-    };
-    if let Some(s) = sink {
+    if let Some(s) = d.sink_mut() {
         s.this_chunk = 0;
     }
 }
