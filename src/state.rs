@@ -30,6 +30,13 @@ impl Snapshot {
             Some(s) => CsrfKey::new(&s.0),
             None => CsrfKey::new(process_key),
         };
+        // Every site's request series exists from the start (at zero), so dashboards and
+        // alerts see it before the first request.
+        for site in &config.sites {
+            let _ = crate::metrics::METRICS
+                .requests
+                .with_label_values(&[site.name.as_str(), "proxied"]);
+        }
         Snapshot {
             assets: Assets::new(&config.banner.color),
             csrf,
