@@ -1,6 +1,11 @@
 //! The `sessiongate` command: parses arguments, calls the library, maps errors to exit codes.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator: Pingora's tasks allocate on one worker thread and
+/// free on another, and glibc's arena locks showed up under load (see bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sessiongate::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
