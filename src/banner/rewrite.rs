@@ -16,6 +16,8 @@ const REWRITER_MEMORY: usize = 4 * 1024 * 1024;
 /// Decoded bytes allowed per upstream chunk: more is a decompression bomb and ends the
 /// response instead of filling memory.
 pub const MAX_EXPANSION_PER_CHUNK: usize = 32 * 1024 * 1024;
+/// How much the rewriter is fed at a time (it is ended right after `<body>`).
+const REWRITE_SLICE: usize = 1024;
 /// Decoded bytes allowed per response.
 pub const MAX_DECODED: u64 = 2 * 1024 * 1024 * 1024;
 
@@ -76,37 +78,42 @@ impl Write for RewriteSink {
             self.bomb = true;
             return Err(io::Error::other("decompression limit"));
         }
-        match &mut self.rewriter {
-            Some(r) => {
-                let written = r.write(buf);
-                if written.is_ok() && self.inserted.load(Ordering::Relaxed) {
-                    // The banner is in and every rewrite happens before `<body>`: end the
-                    // rewriter (it emits what it still buffers, unchanged) and pass the rest of
-                    // the page straight through instead of parsing it.
-                    if let Some(r) = self.rewriter.take() {
-                        r.end().map_err(|e| {
-                            self.error = Some(e.to_string());
-                            io::Error::other("rewriter error")
-                        })?;
-                    }
-                    return Ok(buf.len());
+        // Fed in slices, so that the rewriter stops soon after `<body>` even when the whole
+        // page arrives in one chunk.
+        let mut rest = buf;
+        while let Some(r) = &mut self.rewriter {
+            if rest.is_empty() {
+                return Ok(buf.len());
+            }
+            let (slice, tail) = rest.split_at(rest.len().min(REWRITE_SLICE));
+            rest = tail;
+            if let Err(e) = r.write(slice) {
+                // Memory limit with graceful bail-out: lol_html has flushed what it held;
+                // the rest passes unchanged.
+                tracing::warn!(error = %e, "banner rewriter bailed out; passing the rest through");
+                crate::metrics::METRICS
+                    .banner_skipped
+                    .with_label_values(&["rewriter_bailout"])
+                    .inc();
+                self.rewriter = None;
+                if !matches!(e, lol_html::errors::RewritingError::MemoryLimitExceeded(_)) {
+                    self.error = Some(e.to_string());
+                    return Err(io::Error::other("rewriter error"));
                 }
-                if let Err(e) = written {
-                    // Memory limit with graceful bail-out: lol_html has flushed what it held;
-                    // the rest passes unchanged.
-                    tracing::warn!(error = %e, "banner rewriter bailed out; passing the rest through");
-                    crate::metrics::METRICS
-                        .banner_skipped
-                        .with_label_values(&["rewriter_bailout"])
-                        .inc();
-                    self.rewriter = None;
-                    if !matches!(e, lol_html::errors::RewritingError::MemoryLimitExceeded(_)) {
+            } else if self.inserted.load(Ordering::Relaxed) {
+                // The banner is in and every rewrite happens at or before `<body>`: end the
+                // rewriter (it emits what it still buffers, unchanged) and pass the rest of
+                // the page straight through instead of parsing it.
+                if let Some(r) = self.rewriter.take() {
+                    r.end().map_err(|e| {
                         self.error = Some(e.to_string());
-                        return Err(io::Error::other("rewriter error"));
-                    }
+                        io::Error::other("rewriter error")
+                    })?;
                 }
             }
-            None => lock(&self.encoder).write_all(buf)?,
+        }
+        if !rest.is_empty() {
+            lock(&self.encoder).write_all(rest)?;
         }
         Ok(buf.len())
     }
