@@ -1889,45 +1889,6 @@ async fn assets_are_static_long_cached_and_free_of_user_data() {
 // End impersonation
 // ---------------------------------------------------------------------------
 
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-
-    fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let r = req.send().await.expect("request to the proxy failed");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.expect("response body");
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// How a POST to the End endpoint is made.
 #[derive(Clone, Default)]
 struct EndReq<'a> {

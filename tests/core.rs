@@ -10,43 +10,6 @@ use serde_json::json;
 
 const ISS: &str = "https://api.nixtech.app";
 
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    version: reqwest::Version,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-
-    fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let r = req.send().await.expect("request to the proxy failed");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let version = r.version();
-    let body = r.text().await.expect("response body");
-    Resp {
-        status,
-        headers,
-        version,
-        body,
-    }
-}
-
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = v
         .iter()

@@ -69,45 +69,6 @@ async fn start(config: &str) -> Sidecar {
     .await
 }
 
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    }
-
-    fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let r = req.send().await.expect("request to the proxy failed");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.expect("response body");
-    Resp {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// A `fetch()`-style API call: not a navigation.
 fn api(c: &reqwest::Client, url: String, cookie: &str) -> reqwest::RequestBuilder {
     c.get(url)

@@ -1614,3 +1614,51 @@ impl Sidecar {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Client side: one response type for every suite
+// ---------------------------------------------------------------------------
+
+/// What the client got back from the proxy.
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub version: reqwest::Version,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(req: reqwest::RequestBuilder) -> Resp {
+    let r = req.send().await.expect("request to the proxy failed");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let version = r.version();
+    let body = r.text().await.expect("response body");
+    Resp {
+        status,
+        headers,
+        version,
+        body,
+    }
+}
