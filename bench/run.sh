@@ -17,6 +17,8 @@
 #                     the proxies' own cost shows) or "dynamic" (gzip on, level 1, per request)
 #   KEEP=1            keep the scratch directory (configs, logs, wrk outputs)
 #   DRIFT_CHECK=1     re-measure the first target at the end, to show drift ("0" to skip)
+#   WORKLOADS="tenant_page imp_api imp_page"   which workloads to load (quick A/B: one of them)
+#   SKIP_MICRO=1 / SKIP_SCALE=1   leave out the criterion and Redis-scale sections
 #
 # Everything listens on 127.0.0.1 on free ports; every process started here is stopped on exit.
 # Nothing here asserts on timings: it measures and writes a report.
@@ -422,7 +424,7 @@ wait_port "$SG_PORT" "sessiongate"
 
 declare -A PORT=([direct]=$APP_PORT [bare]=$BARE_PORT [anchor]=$ANCHOR_PORT [sessiongate]=$SG_PORT)
 TARGETS=(direct bare anchor sessiongate)
-WORKLOADS=(tenant_page imp_api imp_page)
+read -ra WORKLOADS <<<"${WORKLOADS:-tenant_page imp_api imp_page}"
 
 # Per-workload request: path, token and headers (BENCH.md's headers for pages).
 wl_path() { case $1 in imp_api) echo /api/orders/42 ;; *) echo /orders ;; esac; }

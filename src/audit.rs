@@ -4,13 +4,19 @@
 use crate::config::AuditSink;
 use crate::metrics::METRICS;
 use serde::Serialize;
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// At most this many events per POST to an http sink.
 const BATCH: usize = 500;
+/// At most this many events per write to a file or stdout.
+const LOCAL_BATCH: usize = 4096;
+/// How long the writer gathers events after the first one of a batch.
+const LINGER: Duration = Duration::from_millis(20);
 /// How long the shutdown flush may try to deliver what is left.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -70,25 +76,62 @@ impl AuditEvent {
     }
 }
 
+/// The bounded queue between requests and the writer. A request only takes a lock and pushes;
+/// it wakes the writer when the queue turns non-empty or reaches half its bound, so under load
+/// one wake-up (and one write) carries a batch of events instead of one each.
+struct Queue {
+    events: Mutex<VecDeque<AuditEvent>>,
+    cap: usize,
+    wake: Notify,
+}
+
+impl Queue {
+    fn take(&self, max: usize) -> VecDeque<AuditEvent> {
+        let mut q = lock(&self.events);
+        if q.len() <= max {
+            std::mem::take(&mut *q)
+        } else {
+            q.drain(..max).collect()
+        }
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.events).len()
+    }
+}
+
+fn lock(m: &Mutex<VecDeque<AuditEvent>>) -> std::sync::MutexGuard<'_, VecDeque<AuditEvent>> {
+    // A panic while holding this lock cannot leave the queue inconsistent (push/take only).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The sending half, cheap to clone into every request.
 #[derive(Clone)]
 pub struct Auditor {
-    tx: mpsc::Sender<AuditEvent>,
+    queue: Arc<Queue>,
 }
 
 /// The receiving half, driven by `AuditWriter::run` on a background task.
 pub struct AuditWriter {
     sink: AuditSink,
-    rx: Mutex<Option<mpsc::Receiver<AuditEvent>>>,
+    queue: Arc<Queue>,
+    running: AtomicBool,
 }
 
 pub fn channel(sink: AuditSink, queue: usize) -> (Auditor, AuditWriter) {
-    let (tx, rx) = mpsc::channel(queue.max(1));
+    let queue = Arc::new(Queue {
+        events: Mutex::new(VecDeque::new()),
+        cap: queue.max(1),
+        wake: Notify::new(),
+    });
     (
-        Auditor { tx },
+        Auditor {
+            queue: queue.clone(),
+        },
         AuditWriter {
             sink,
-            rx: Mutex::new(Some(rx)),
+            queue,
+            running: AtomicBool::new(false),
         },
     )
 }
@@ -96,9 +139,38 @@ pub fn channel(sink: AuditSink, queue: usize) -> (Auditor, AuditWriter) {
 impl Auditor {
     pub fn emit(&self, event: AuditEvent) {
         METRICS.audit_events.with_label_values(&[event.event]).inc();
-        if self.tx.try_send(event).is_err() {
-            METRICS.audit_dropped.inc();
+        let q = &self.queue;
+        let len = {
+            let mut events = lock(&q.events);
+            if events.len() >= q.cap {
+                drop(events);
+                METRICS.audit_dropped.inc();
+                return;
+            }
+            events.push_back(event);
+            events.len()
+        };
+        if len == 1 || len == q.cap.div_ceil(2) {
+            q.wake.notify_one();
         }
+    }
+}
+
+/// Waits until the queue has something to write or `stop` fires; then lingers up to `LINGER`
+/// (cut short by a half-full queue or `stop`) so that the events of that window go out together.
+/// Returns false once `stop` has fired.
+async fn next_batch(queue: &Queue, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = queue.wake.notified() => {},
+        _ = stop.changed() => return false,
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(LINGER) => true,
+        _ = queue.wake.notified() => true,
+        _ = stop.changed() => false,
     }
 }
 
@@ -122,20 +194,19 @@ impl AuditWriter {
 
     /// Writes events until `stop` fires; then flushes what is queued.
     pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(rx) = self.rx.lock().ok().and_then(|mut g| g.take()) else {
+        if self.running.swap(true, Ordering::SeqCst) {
             return;
-        };
+        }
         match &self.sink {
-            AuditSink::Http(url) => run_http(url, rx, stop).await,
-            AuditSink::Stdout => self.run_local(None, rx, stop).await,
-            AuditSink::File(path) => self.run_local(Some(path), rx, stop).await,
+            AuditSink::Http(url) => run_http(url, &self.queue, stop).await,
+            AuditSink::Stdout => self.run_local(None, stop).await,
+            AuditSink::File(path) => self.run_local(Some(path), stop).await,
         }
     }
 
     async fn run_local(
         &self,
         path: Option<&std::path::Path>,
-        mut rx: mpsc::Receiver<AuditEvent>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut out = match self.open(path).await {
@@ -147,28 +218,22 @@ impl AuditWriter {
         };
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
-            let first = tokio::select! {
-                ev = rx.recv() => ev,
-                _ = stop.changed() => None,
-            };
-            let Some(first) = first else { break };
-            buf.clear();
-            push_line(&mut buf, &first);
-            while buf.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(ev) => push_line(&mut buf, &ev),
-                    Err(_) => break,
+            let running = next_batch(&self.queue, &mut stop).await;
+            // After a stop this drains what was queued before it.
+            loop {
+                let batch = self.queue.take(LOCAL_BATCH);
+                if batch.is_empty() {
+                    break;
                 }
+                buf.clear();
+                for ev in &batch {
+                    push_line(&mut buf, ev);
+                }
+                write(&mut out, &buf).await;
             }
-            write(&mut out, &buf).await;
-        }
-        // Shutdown: drain what was queued before the stop.
-        buf.clear();
-        while let Ok(ev) = rx.try_recv() {
-            push_line(&mut buf, &ev);
-        }
-        if !buf.is_empty() {
-            write(&mut out, &buf).await;
+            if !running {
+                return;
+            }
         }
     }
 }
@@ -176,11 +241,7 @@ impl AuditWriter {
 /// Batches POSTs of JSON lines. A failed batch is retried with backoff (100 ms doubling to
 /// 2 s) and kept in order; meanwhile new events wait in the bounded queue, and what does not
 /// fit is dropped and counted. On shutdown the rest is tried until a deadline, then counted.
-async fn run_http(
-    url: &str,
-    mut rx: mpsc::Receiver<AuditEvent>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn run_http(url: &str, queue: &Queue, mut stop: tokio::sync::watch::Receiver<bool>) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -188,25 +249,18 @@ async fn run_http(
     let mut stopping = false;
     let mut deadline: Option<Instant> = None;
     loop {
-        let mut batch = Vec::with_capacity(BATCH);
-        if stopping {
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
+        let mut batch = queue.take(BATCH);
+        if batch.is_empty() {
+            if stopping {
                 return;
             }
-        } else {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
-                _ = stop.changed() => {
-                    stopping = true;
-                    deadline = Some(Instant::now() + FLUSH_DEADLINE);
-                    continue;
-                }
+            if !next_batch(queue, &mut stop).await {
+                stopping = true;
+                deadline = Some(Instant::now() + FLUSH_DEADLINE);
+            }
+            batch = queue.take(BATCH);
+            if batch.is_empty() {
+                continue;
             }
         }
         let mut body = Vec::with_capacity(batch.len() * 256);
@@ -232,7 +286,7 @@ async fn run_http(
             if let Some(d) = deadline
                 && Instant::now() + backoff > d
             {
-                let lost = batch.len() as u64 + rx.len() as u64;
+                let lost = batch.len() as u64 + queue.len() as u64;
                 METRICS.audit_dropped.inc_by(lost);
                 tracing::error!(lost, "audit sink still down at shutdown; events dropped");
                 return;
@@ -274,5 +328,82 @@ async fn write(out: &mut Out, buf: &[u8]) {
         let lost = buf.iter().filter(|b| **b == b'\n').count() as u64;
         METRICS.audit_dropped.inc_by(lost);
         tracing::error!(error = %e, lost, "audit write failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> AuditEvent {
+        let mut ev = AuditEvent::new("impersonation.request", "cafe.test");
+        ev.path = Some(format!("/p/{n}"));
+        ev
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let (auditor, writer) = channel(AuditSink::Stdout, 3);
+        let dropped = METRICS.audit_dropped.get();
+        for n in 0..5 {
+            auditor.emit(event(n));
+        }
+        assert_eq!(writer.queue.len(), 3);
+        assert!(METRICS.audit_dropped.get() >= dropped + 2);
+        let kept: Vec<_> = writer.queue.take(10).into_iter().map(|e| e.path).collect();
+        assert_eq!(kept, [0, 1, 2].map(|n| Some(format!("/p/{n}"))));
+    }
+
+    #[test]
+    fn take_hands_out_at_most_max_in_order() {
+        let (auditor, writer) = channel(AuditSink::Stdout, 100);
+        for n in 0..7 {
+            auditor.emit(event(n));
+        }
+        let first: Vec<_> = writer.queue.take(5).into_iter().map(|e| e.path).collect();
+        assert_eq!(first.len(), 5);
+        assert_eq!(first[4].as_deref(), Some("/p/4"));
+        assert_eq!(writer.queue.take(5).len(), 2);
+        assert!(writer.queue.take(5).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_file_writer_batches_and_drains_everything_on_stop() {
+        let path = std::env::temp_dir().join(format!(
+            "sessiongate-audit-{}-{:?}.jsonl",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let (auditor, writer) = channel(AuditSink::File(path.clone()), 10_000);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { writer.run(stop_rx).await });
+        for n in 0..1000 {
+            auditor.emit(event(n));
+        }
+        // Events written while the writer runs, then more right before the stop: all of them
+        // reach the file, in order.
+        tokio::time::sleep(LINGER * 3).await;
+        for n in 1000..1500 {
+            auditor.emit(event(n));
+        }
+        stop_tx.send(true).ok();
+        task.await.ok();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let paths: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                v["path"].as_str().unwrap_or_default().to_string()
+            })
+            .collect();
+        assert_eq!(paths.len(), 1500);
+        assert!(
+            paths
+                .iter()
+                .enumerate()
+                .all(|(n, p)| *p == format!("/p/{n}"))
+        );
     }
 }
