@@ -314,7 +314,7 @@ impl Proxy {
                 .get("accept-encoding")
                 .and_then(|v| v.to_str().ok()),
         );
-        let nonce = banner::nonce();
+        let nonce = banner::Nonce::default();
         let chunked = req.version == http::Version::HTTP_11;
         let script_nonce =
             banner::fix_response_headers(resp, out, &ctx.authority, &nonce, chunked)?;

@@ -1,6 +1,7 @@
 //! Content codings: what the upstream sent (decoded, bounded) and what the client gets
 //! (gzip or br at fast levels when it asked, identity otherwise).
 
+use flate2::FlushCompress;
 use std::io::{self, Write};
 
 /// An upstream `Content-Encoding` the proxy can decode.
@@ -88,7 +89,8 @@ pub fn choose(accept_encoding: Option<&str>) -> OutCoding {
 /// client sees bytes while the upstream is still sending).
 pub enum Encoder {
     Identity(Vec<u8>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    /// zlib-ng writes the gzip header and trailer (CRC-32 fused with the compression) itself.
+    Gzip(Box<(flate2::Compress, Vec<u8>)>),
     Br(Box<brotli::CompressorWriter<Vec<u8>>>),
 }
 
@@ -96,10 +98,10 @@ impl Encoder {
     pub fn new(coding: OutCoding) -> Encoder {
         match coding {
             OutCoding::Identity => Encoder::Identity(Vec::new()),
-            OutCoding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+            OutCoding::Gzip => Encoder::Gzip(Box::new((
+                flate2::Compress::new_gzip(flate2::Compression::fast(), 15),
                 Vec::new(),
-                flate2::Compression::fast(),
-            )),
+            ))),
             // Quality 1, 22-bit window: the fast end of brotli, still smaller than gzip.
             OutCoding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
@@ -116,7 +118,7 @@ impl Encoder {
                 v.extend_from_slice(data);
                 Ok(())
             }
-            Encoder::Gzip(e) => e.write_all(data),
+            Encoder::Gzip(g) => deflate(&mut g.0, &mut g.1, data, FlushCompress::None),
             Encoder::Br(e) => e.write_all(data),
         }
     }
@@ -125,9 +127,9 @@ impl Encoder {
     pub fn take(&mut self) -> io::Result<Vec<u8>> {
         match self {
             Encoder::Identity(v) => Ok(std::mem::take(v)),
-            Encoder::Gzip(e) => {
-                e.flush()?;
-                Ok(std::mem::take(e.get_mut()))
+            Encoder::Gzip(g) => {
+                deflate(&mut g.0, &mut g.1, &[], FlushCompress::Sync)?;
+                Ok(std::mem::take(&mut g.1))
             }
             Encoder::Br(e) => {
                 e.flush()?;
@@ -140,8 +142,41 @@ impl Encoder {
     pub fn finish(self) -> io::Result<Vec<u8>> {
         match self {
             Encoder::Identity(v) => Ok(v),
-            Encoder::Gzip(e) => e.finish(),
+            Encoder::Gzip(mut g) => {
+                deflate(&mut g.0, &mut g.1, &[], FlushCompress::Finish)?;
+                Ok(g.1)
+            }
             Encoder::Br(e) => Ok(e.into_inner()),
+        }
+    }
+}
+
+/// Runs deflate over `input` into `out`, growing `out` as needed. With `Sync` or `Finish` it
+/// returns once everything (and the sync marker or trailer) is out.
+fn deflate(
+    c: &mut flate2::Compress,
+    out: &mut Vec<u8>,
+    mut input: &[u8],
+    flush: FlushCompress,
+) -> io::Result<()> {
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(input.len() / 2 + 4096);
+        }
+        let before = c.total_in();
+        let status = c
+            .compress_vec(input, out, flush)
+            .map_err(io::Error::other)?;
+        input = &input[(c.total_in() - before) as usize..];
+        let room_left = out.len() < out.capacity();
+        match status {
+            flate2::Status::StreamEnd => return Ok(()),
+            // Everything consumed and deflate stopped with room to spare: the flush is done.
+            _ if input.is_empty() && room_left && flush != FlushCompress::Finish => return Ok(()),
+            flate2::Status::BufError if room_left => {
+                return Err(io::Error::other("deflate made no progress"));
+            }
+            _ => {}
         }
     }
 }

@@ -118,7 +118,7 @@ pub fn fix_response_headers(
     resp: &mut ResponseHeader,
     out: OutCoding,
     authority: &str,
-    nonce: &str,
+    nonce: &Nonce,
     chunked: bool,
 ) -> pingora::Result<bool> {
     resp.remove_header("content-length");
@@ -162,7 +162,7 @@ pub fn fix_response_headers(
         }
         resp.remove_header(name);
         for v in values {
-            let edited = csp::edit(&v, authority, nonce);
+            let edited = csp::edit(&v, authority, nonce.get());
             // Report-only policies never block: their nonce needs do not count.
             script_nonce |= edited.script_nonce && name == "content-security-policy";
             resp.append_header(name, edited.policy)?;
@@ -192,6 +192,26 @@ fn random_bytes(n: usize) -> Vec<u8> {
 /// A fresh per-response nonce.
 pub fn nonce() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(16))
+}
+
+/// A response's nonce, drawn the first time a policy needs it (most pages have no CSP).
+#[derive(Debug, Default)]
+pub struct Nonce(std::sync::OnceLock<String>);
+
+impl Nonce {
+    pub fn get(&self) -> &str {
+        self.0.get_or_init(nonce)
+    }
+
+    pub fn is_drawn(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl From<&str> for Nonce {
+    fn from(value: &str) -> Nonce {
+        Nonce(std::sync::OnceLock::from(value.to_string()))
+    }
 }
 
 /// The End form's CSRF token: HMAC-SHA256 of the sid, bound to the session.
@@ -334,6 +354,30 @@ mod tests {
     }
 
     #[test]
+    fn the_nonce_is_drawn_only_for_a_page_with_a_csp() {
+        let mut plain = resp(200, &[("content-type", "text/html")]);
+        let nonce = Nonce::default();
+        let needs = fix_response_headers(&mut plain, OutCoding::Gzip, "cafe.example", &nonce, true)
+            .expect("fix");
+        assert!(!needs && !nonce.is_drawn());
+        let mut strict = resp(
+            200,
+            &[(
+                "content-security-policy",
+                "script-src 'nonce-x' 'strict-dynamic'",
+            )],
+        );
+        let needs =
+            fix_response_headers(&mut strict, OutCoding::Gzip, "cafe.example", &nonce, true)
+                .expect("fix");
+        assert!(needs && nonce.is_drawn());
+        let drawn = nonce.get().to_string();
+        assert_eq!(drawn.len(), 22, "16 random bytes, base64url");
+        assert_eq!(nonce.get(), drawn, "one nonce per response");
+        assert_ne!(Nonce::default().get(), drawn);
+    }
+
+    #[test]
     fn header_fixes() {
         let mut r = resp(
             200,
@@ -349,8 +393,8 @@ mod tests {
                 ),
             ],
         );
-        let nonce =
-            fix_response_headers(&mut r, OutCoding::Br, "cafe.example", "N", true).expect("fix");
+        let nonce = fix_response_headers(&mut r, OutCoding::Br, "cafe.example", &"N".into(), true)
+            .expect("fix");
         assert!(nonce);
         let h = |n: &str| {
             r.headers

@@ -1,12 +1,16 @@
 //! The streaming splice: upstream bytes -> decoder -> lol_html (banner after `<body …>`,
 //! `<meta>` CSP edited) -> encoder -> client bytes, one upstream chunk at a time.
 
-use crate::banner::csp;
 use crate::banner::encoding::{Coding, Decoder, Encoder, OutCoding};
+use crate::banner::{Nonce, csp};
 use lol_html::html_content::ContentType;
+use lol_html::html_content::Element;
+use lol_html::send::SendHandlerTypes;
 use lol_html::send::{HtmlRewriter, Settings};
-use lol_html::{MemorySettings, OutputSink, element};
+use lol_html::{ElementContentHandlers, MemorySettings, OutputSink, Selector};
+use std::borrow::Cow;
 use std::io::{self, Write};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,6 +24,25 @@ pub const MAX_EXPANSION_PER_CHUNK: usize = 32 * 1024 * 1024;
 const REWRITE_SLICE: usize = 1024;
 /// Decoded bytes allowed per response.
 pub const MAX_DECODED: u64 = 2 * 1024 * 1024 * 1024;
+
+type SendElement<'r, 't> = Element<'r, 't, SendHandlerTypes>;
+
+/// The selectors, parsed once per process instead of once per response.
+struct Selectors {
+    meta: Selector,
+    body: Selector,
+}
+
+static SELECTORS: LazyLock<Result<Selectors, String>> = LazyLock::new(|| {
+    let parse = |s: &str| {
+        s.parse::<Selector>()
+            .map_err(|e| format!("selector {s:?}: {e}"))
+    };
+    Ok(Selectors {
+        meta: parse("meta[http-equiv]")?,
+        body: parse("body")?,
+    })
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -39,7 +62,7 @@ pub type RenderBanner = Box<dyn Fn(Option<&str>) -> String + Send + Sync>;
 pub struct Splice {
     pub render: RenderBanner,
     pub authority: String,
-    pub nonce: String,
+    pub nonce: Nonce,
     /// Set when the CSP headers already need the nonce on the script.
     pub script_nonce: bool,
 }
@@ -132,6 +155,9 @@ pub struct BannerStream {
 
 impl BannerStream {
     pub fn new(coding: Coding, out: OutCoding, splice: Splice) -> io::Result<BannerStream> {
+        let selectors = SELECTORS
+            .as_ref()
+            .map_err(|e| io::Error::other(e.clone()))?;
         let encoder = Arc::new(Mutex::new(Encoder::new(out)));
         let inserted = Arc::new(AtomicBool::new(false));
         let needs_nonce = Arc::new(AtomicBool::new(splice.script_nonce));
@@ -141,28 +167,35 @@ impl BannerStream {
         let (body_splice, body_nonce, body_inserted) =
             (splice.clone(), needs_nonce, inserted.clone());
         let settings = Settings::new_send()
-            .append_element_content_handler(element!("meta[http-equiv]", move |el| {
-                let is_csp = el
-                    .get_attribute("http-equiv")
-                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("content-security-policy"));
-                if is_csp && let Some(content) = el.get_attribute("content") {
-                    let edited = csp::edit(&content, &meta_splice.authority, &meta_splice.nonce);
-                    if edited.script_nonce {
-                        meta_nonce.store(true, Ordering::Relaxed);
+            .append_element_content_handler((
+                Cow::Borrowed(&selectors.meta),
+                ElementContentHandlers::default().element(move |el: &mut SendElement| {
+                    let is_csp = el
+                        .get_attribute("http-equiv")
+                        .is_some_and(|v| v.trim().eq_ignore_ascii_case("content-security-policy"));
+                    if is_csp && let Some(content) = el.get_attribute("content") {
+                        let edited =
+                            csp::edit(&content, &meta_splice.authority, meta_splice.nonce.get());
+                        if edited.script_nonce {
+                            meta_nonce.store(true, Ordering::Relaxed);
+                        }
+                        el.set_attribute("content", &edited.policy)?;
                     }
-                    el.set_attribute("content", &edited.policy)?;
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!("body", move |el| {
-                if !body_inserted.swap(true, Ordering::Relaxed) {
-                    let nonce = body_nonce
-                        .load(Ordering::Relaxed)
-                        .then_some(body_splice.nonce.as_str());
-                    el.prepend(&(body_splice.render)(nonce), ContentType::Html);
-                }
-                Ok(())
-            }))
+                    Ok(())
+                }),
+            ))
+            .append_element_content_handler((
+                Cow::Borrowed(&selectors.body),
+                ElementContentHandlers::default().element(move |el: &mut SendElement| {
+                    if !body_inserted.swap(true, Ordering::Relaxed) {
+                        let nonce = body_nonce
+                            .load(Ordering::Relaxed)
+                            .then(|| body_splice.nonce.get());
+                        el.prepend(&(body_splice.render)(nonce), ContentType::Html);
+                    }
+                    Ok(())
+                }),
+            ))
             .with_memory_settings(
                 MemorySettings::new()
                     .with_max_allowed_memory_usage(REWRITER_MEMORY)
