@@ -16,7 +16,7 @@ const BATCH: usize = 500;
 /// At most this many events per write to a file or stdout.
 const LOCAL_BATCH: usize = 4096;
 /// How long the writer gathers events after the first one of a batch.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(2);
 /// How long the shutdown flush may try to deliver what is left.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
