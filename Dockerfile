@@ -11,6 +11,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bench ./bench
 COPY examples ./examples
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin sessiongate
 
 FROM debian:bookworm-slim
