@@ -21,10 +21,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/sessiongate /usr/local/bin/sessiongate
 COPY config/example.toml /etc/sessiongate/config.toml
 USER 10001:10001
-# mimalloc is built without its transparent-huge-page advice; this also keeps the kernel from
-# backing the heap with 2 MiB pages on hosts where THP is "always" (peak RSS 49 -> 28 MiB
-# under the bench load on a THP "madvise" host; see the README, "Running at scale").
-ENV MIMALLOC_ALLOW_THP=0
 # Public listener (plain HTTP/1.1 + h2c; terminate TLS in front) and the admin listener.
 EXPOSE 8080 9090
 # The config lives at /etc/sessiongate/config.toml: mount yours there (read-only).

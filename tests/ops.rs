@@ -1,8 +1,8 @@
 //! Operations: the all-in-one `demo`, `token mint` / `token inspect`, and
 //! SIGHUP config reloads (a site added under load without a dropped request,
 //! an invalid config or a changed listener refused while the old one keeps
-//! serving, in-flight requests finishing on the old config). Graceful SIGTERM
-//! is covered in tests/cli.rs.
+//! serving, in-flight requests finishing on the old config), and the process's
+//! opt-out of transparent huge pages. Graceful SIGTERM is covered in tests/cli.rs.
 
 mod common;
 
@@ -1237,4 +1237,50 @@ async fn sighup_lets_an_in_flight_request_finish_on_the_old_config() {
         Some("user-42")
     );
     assert_eq!(sc.metric(RELOADS, &[("result", "ok")]).await, 1.0);
+}
+
+// ---------------------------------------------------------------------------
+// Memory: transparent huge pages
+// ---------------------------------------------------------------------------
+
+/// `THP_enabled` from `/proc/<pid>/status` (`pid` may be `self`): whether the kernel may back
+/// the process's memory with transparent huge pages (a process flag, not the host setting).
+fn thp_enabled(pid: &str) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status (kernel older than 5.0?)"));
+    match line.split_whitespace().nth(1) {
+        Some("1") => true,
+        Some("0") => false,
+        other => panic!("unexpected THP_enabled value {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_opts_out_of_transparent_huge_pages_unless_told_otherwise() {
+    let up = spawn_upstream_with(|_| Reply::default().body(b"ok")).await;
+    let sites = site("cafe.nixtech.app", up.addr, "");
+
+    // Default: the process turns THP off for itself (huge pages doubled its peak RSS).
+    let sc = Sidecar::start_hs256(&sites).await;
+    assert!(
+        !thp_enabled(&sc.pid().to_string()),
+        "sessiongate left transparent huge pages on"
+    );
+
+    // mimalloc's own switch keeps the host's behaviour: the flag is inherited, so the proxy
+    // then has exactly what this test process has.
+    let sc = Sidecar::start(
+        &config(&sites),
+        &[(SECRET_ENV, SECRET), ("MIMALLOC_ALLOW_THP", "1")],
+    )
+    .await;
+    assert_eq!(
+        thp_enabled(&sc.pid().to_string()),
+        thp_enabled("self"),
+        "MIMALLOC_ALLOW_THP=1 should leave THP as the parent had it"
+    );
 }

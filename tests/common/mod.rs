@@ -721,6 +721,7 @@ impl Sidecar {
             .arg("--config")
             .arg(&config_path)
             .env_remove(SECRET_ENV)
+            .env_remove("MIMALLOC_ALLOW_THP")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
