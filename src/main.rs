@@ -7,12 +7,15 @@ use clap::{Parser, Subcommand};
 /// Built without its transparent-huge-page hint (`no_thp`), see [`opt_out_of_huge_pages`].
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use sessiongate::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Keeps the kernel from backing the heap with 2 MiB transparent huge pages, which it does on
 /// hosts where THP is `always`: with huge pages, peak RSS under the bench load was 49 MiB instead
 /// of 28 MiB and one 64 MB page through the banner cost 20–34 MB instead of 4–7 MB, for no
-/// throughput gain. `MIMALLOC_ALLOW_THP=1` (mimalloc's own switch) keeps THP on. Best effort:
-/// a kernel or seccomp policy that refuses the `prctl` leaves the host's setting in place.
+/// throughput gain. Best effort: with `MIMALLOC_ALLOW_THP=1` (mimalloc's own switch), or when a
+/// kernel or seccomp policy refuses the `prctl`, the host's setting stays in place.
 #[cfg(target_os = "linux")]
 fn opt_out_of_huge_pages() {
     let allowed = std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v != "0");
@@ -23,9 +26,6 @@ fn opt_out_of_huge_pages() {
 
 #[cfg(not(target_os = "linux"))]
 fn opt_out_of_huge_pages() {}
-use sessiongate::config::Config;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
