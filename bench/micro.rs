@@ -160,7 +160,7 @@ fn header_rewrite(c: &mut Criterion) {
             || req.clone(),
             |mut r| {
                 headers::strip_inbound(&mut r, &names);
-                headers::remove_session_cookie(&mut r, "nix_session");
+                headers::remove_session_cookie(&mut r, "nix_session", None);
                 headers::set_forwarded(&mut r, Some("127.0.0.1".to_string()), "cafe.bench.test")
                     .ok();
                 headers::inject(&mut r, &names, &identity, false).ok();
@@ -221,7 +221,7 @@ fn liveness(c: &mut Criterion) {
     let addr = rt.block_on(live_backend());
     let cfg = config(addr.port());
     let checker = LivenessChecker::new();
-    let first = rt.block_on(checker.check(&cfg.liveness, "sid1", None));
+    let first = rt.block_on(checker.check(&cfg.liveness, "sid1", None, u64::MAX));
     assert_eq!(first, Ok(Liveness::Live), "the bench backend must say live");
 
     let mut g = c.benchmark_group("liveness");
@@ -230,7 +230,9 @@ fn liveness(c: &mut Criterion) {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let r = checker.check(&cfg.liveness, black_box("sid1"), None).await;
+                    let r = checker
+                        .check(&cfg.liveness, black_box("sid1"), None, u64::MAX)
+                        .await;
                     black_box(r).ok();
                 }
                 start.elapsed()

@@ -191,7 +191,12 @@ async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResp
     match r
         .shared
         .liveness
-        .check(&cfg.liveness, &imp.sid, Some(&cookie))
+        .check(
+            &cfg.liveness,
+            &imp.sid,
+            Some(&cookie),
+            r.snap.verifier.honoured_until(&identity),
+        )
         .await
     {
         Ok(Liveness::Live) => {}
@@ -228,7 +233,12 @@ async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResp
     }
     r.shared
         .liveness
-        .mark_ended(&imp.sid, cfg.liveness.ended_ttl, "tenant")
+        .mark_ended(
+            &imp.sid,
+            cfg.liveness.ended_ttl,
+            Some(r.snap.verifier.honoured_until(&identity)),
+            "tenant",
+        )
         .await;
     let mut ev = AuditEvent::about("impersonation.ended", &site.name, &identity);
     ev.ended_by = Some("tenant");
@@ -270,14 +280,26 @@ async fn call_end(
     }
     let resp = req.send().await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    if (200..300).contains(&status) || matches!(status, 404 | 410) {
-        return Ok(());
-    }
-    let body = resp.text().await.unwrap_or_default().to_ascii_lowercase();
-    if (400..500).contains(&status) && body.contains("ended") {
+    let body = crate::liveness::read_limited(resp)
+        .await
+        .unwrap_or_default();
+    if end_succeeded(status, &body) {
         return Ok(());
     }
     Err(format!("backend answered {status}"))
+}
+
+/// Did `end_url` end the session? `2xx` and `410 Gone` did; another `4xx` (a `404` included,
+/// which is also what a wrong `end_url` answers) only when its body says the session is
+/// already ended.
+pub fn end_succeeded(status: u16, body: &[u8]) -> bool {
+    if (200..300).contains(&status) || status == 410 {
+        return true;
+    }
+    (400..500).contains(&status)
+        && String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("ended")
 }
 
 pub struct AdminApp {
@@ -359,7 +381,7 @@ impl AdminApp {
         }
         self.shared
             .liveness
-            .mark_ended(sid, snap.config.liveness.ended_ttl, "admin")
+            .mark_ended(sid, snap.config.liveness.ended_ttl, None, "admin")
             .await;
         let mut ev = AuditEvent::new("impersonation.ended", "-");
         ev.sid = Some(sid.to_string());
@@ -459,6 +481,19 @@ mod tests {
         );
         assert_eq!(csrf_field(br#"{"csrf":"x"}"#, true).as_deref(), Some("x"));
         assert_eq!(csrf_field(b"a=1", false), None);
+    }
+
+    #[test]
+    fn end_url_answers() {
+        assert!(end_succeeded(200, b""));
+        assert!(end_succeeded(204, b""));
+        assert!(end_succeeded(410, b""));
+        assert!(end_succeeded(409, br#"{"code":"IMPERSONATION_ENDED"}"#));
+        assert!(end_succeeded(404, b"impersonation already ended"));
+        assert!(!end_succeeded(404, b"<h1>Not Found</h1>"));
+        assert!(!end_succeeded(404, b""));
+        assert!(!end_succeeded(500, b"ended"));
+        assert!(!end_succeeded(302, b""));
     }
 
     #[test]

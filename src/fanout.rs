@@ -34,6 +34,10 @@ pub struct Revocation {
     pub origin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<u64>,
+    /// Until when (Unix seconds) a token of this sid can still verify, when the publisher knows:
+    /// the receivers keep the sid ended at least that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 /// Parses a message from the channel; `None` for anything this version does not understand.
@@ -69,13 +73,14 @@ impl Fanout {
     }
 
     /// Queues a local end for publishing (never blocks; a full queue drops and logs).
-    pub fn publish(&self, sid: &str, ended_by: &str) {
+    pub fn publish(&self, sid: &str, ended_by: &str, until: Option<u64>) {
         let msg = Revocation {
             v: 1,
             sid: sid.to_string(),
             ended_by: Some(ended_by.to_string()),
             origin: Some(self.replica.clone()),
             ts: Some(crate::tools::now()),
+            until,
         };
         if self.tx.try_send(msg).is_err() {
             tracing::warn!(
@@ -184,7 +189,7 @@ impl Fanout {
                         Some(r) if r.origin.as_deref() == Some(self.replica.as_str()) => {}
                         Some(r) => {
                             METRICS.redis_revocations_received.inc();
-                            liveness.mark_ended_quietly(&r.sid, ended_ttl).await;
+                            liveness.mark_ended_quietly(&r.sid, ended_ttl, r.until).await;
                             tracing::info!(sid = %r.sid, origin = ?r.origin, "revocation from another replica");
                         }
                         None => {

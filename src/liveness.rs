@@ -1,6 +1,9 @@
 //! Is this impersonation still live? A reqwest client for the platform backend behind a moka
-//! cache: live answers for `cache_ttl`, ended answers for `ended_ttl` (terminal: a late "live"
-//! never overwrites them), single-flight per sid, and `on_error` deny/stale.
+//! cache: live answers for `cache_ttl`, single-flight per sid, and `on_error` deny/stale.
+//! "Ended" is terminal: a late "live" never overwrites it, and it is remembered at least
+//! `ended_ttl` and until the latest expiry a token of that sid can have (as far as this
+//! replica has seen one), so a backend that later answers "live" by mistake cannot bring an
+//! ended session back while its tokens still verify.
 
 use crate::config::{LivenessConfig, OnError};
 use crate::metrics::METRICS;
@@ -92,6 +95,50 @@ fn timed_cache() -> Cache<String, Timed> {
         .build()
 }
 
+/// The ended sids. Bounded like the others; an entry pushed out by the bound (not by its
+/// expiry) is counted, since that sid is then only as ended as the backend says.
+fn ended_cache() -> Cache<String, Timed> {
+    Cache::builder()
+        .max_capacity(MAX_ENTRIES)
+        .expire_after(OwnTtl)
+        .eviction_listener(|_k, _v, cause| {
+            use moka::notification::RemovalCause;
+            if cause == RemovalCause::Size {
+                METRICS.liveness_ended_evicted.inc();
+            }
+            if cause != RemovalCause::Replaced {
+                METRICS.liveness_ended_entries.dec();
+            }
+        })
+        .build()
+}
+
+/// The latest `exp` (plus leeway, Unix seconds) seen on a token of each sid, kept until then.
+struct UntilExp;
+
+impl Expiry<String, u64> for UntilExp {
+    fn expire_after_create(&self, _k: &String, until: &u64, _at: Instant) -> Option<Duration> {
+        Some(seconds_until(*until))
+    }
+    fn expire_after_update(
+        &self,
+        _k: &String,
+        until: &u64,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(seconds_until(*until))
+    }
+}
+
+/// No entry needs to outlive this (tokens are refused past 9999 anyway); it keeps every
+/// `Instant` computation far from overflow.
+const LONGEST_MEMORY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn seconds_until(unix: u64) -> Duration {
+    Duration::from_secs(unix.saturating_sub(crate::tools::now())).min(LONGEST_MEMORY)
+}
+
 /// Path-segment encoding: everything but unreserved characters, so a sid can never add a path
 /// segment, a query or a fragment to the backend URL.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -132,6 +179,8 @@ pub struct LivenessChecker {
     http: reqwest::Client,
     live: Cache<String, Timed>,
     ended: Cache<String, Timed>,
+    /// Per sid, until when a token of it seen here can be honoured (its `exp` plus leeway).
+    token_until: Cache<String, u64>,
     /// When each sid was last seen live, for `on_error = "stale"`.
     last_live: Cache<String, Timed>,
     /// Where local ends go to reach the other replicas (Redis), when configured.
@@ -154,7 +203,11 @@ impl LivenessChecker {
         LivenessChecker {
             http,
             live: timed_cache(),
-            ended: timed_cache(),
+            ended: ended_cache(),
+            token_until: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .expire_after(UntilExp)
+                .build(),
             last_live: timed_cache(),
             fanout: std::sync::OnceLock::new(),
         }
@@ -170,20 +223,64 @@ impl LivenessChecker {
     }
 
     /// Marks a sid ended in this proxy at once (End endpoint, admin revoke) and tells the other
-    /// replicas. `ended_by`: `tenant`, `admin` or `backend`.
-    pub async fn mark_ended(&self, sid: &str, ttl: Duration, ended_by: &str) {
-        self.mark_ended_quietly(sid, ttl).await;
+    /// replicas. `ended_by`: `tenant`, `admin` or `backend`. `token_until`: the expiry (plus
+    /// leeway) of the token that asked, when there is one.
+    pub async fn mark_ended(
+        &self,
+        sid: &str,
+        ended_ttl: Duration,
+        token_until: Option<u64>,
+        ended_by: &str,
+    ) {
+        let until = self.mark_ended_quietly(sid, ended_ttl, token_until).await;
         if let Some(f) = self.fanout.get() {
-            f.publish(sid, ended_by);
+            f.publish(sid, ended_by, until);
         }
     }
 
-    /// Marks a sid ended without telling anyone (a revocation that came from elsewhere).
-    pub async fn mark_ended_quietly(&self, sid: &str, ttl: Duration) {
+    /// Marks a sid ended without telling anyone (a revocation that came from elsewhere), for at
+    /// least `ended_ttl` and until the latest token expiry known for it. Returns that expiry.
+    pub async fn mark_ended_quietly(
+        &self,
+        sid: &str,
+        ended_ttl: Duration,
+        token_until: Option<u64>,
+    ) -> Option<u64> {
+        let seen = self.token_until.get(sid).await;
+        let until = seen.max(token_until);
+        let ttl = ended_ttl.max(until.map_or(Duration::ZERO, seconds_until));
         let at = Instant::now();
+        if !self.ended.contains_key(sid) {
+            METRICS.liveness_ended_entries.inc();
+        }
         self.ended.insert(sid.to_string(), Timed { at, ttl }).await;
         self.live.invalidate(sid).await;
         self.last_live.invalidate(sid).await;
+        until
+    }
+
+    /// An ended sid came back with a token that lives longer than the sid is remembered: keep
+    /// it ended for as long as that token could be honoured.
+    async fn keep_ended(&self, sid: &str, entry: Timed, token_until: u64) {
+        let wanted = seconds_until(token_until);
+        // A second of slack: the token that ended it usually asks again, and needs no write.
+        if entry.at.elapsed() + wanted > entry.ttl + Duration::from_secs(1) {
+            let at = Instant::now();
+            let ttl = wanted.max(entry.ttl.saturating_sub(entry.at.elapsed()));
+            self.ended.insert(sid.to_string(), Timed { at, ttl }).await;
+        }
+    }
+
+    /// Remembers the latest expiry of the tokens seen for a sid.
+    async fn saw_token(&self, sid: &str, token_until: u64) {
+        if self
+            .token_until
+            .get(sid)
+            .await
+            .is_none_or(|known| known < token_until)
+        {
+            self.token_until.insert(sid.to_string(), token_until).await;
+        }
     }
 
     /// Drops live answers obtained before `since` (after a fan-out outage: a revocation may
@@ -201,17 +298,20 @@ impl LivenessChecker {
     }
 
     /// The answer for one request. `cookie` is the `Cookie` header value sent when
-    /// `forward_cookie` is on.
+    /// `forward_cookie` is on; `token_until` is the asking token's `exp` plus leeway.
     pub async fn check(
         &self,
         cfg: &LivenessConfig,
         sid: &str,
         cookie: Option<&str>,
+        token_until: u64,
     ) -> Result<Liveness, BackendError> {
-        if self.ended.contains_key(sid) {
+        if let Some(entry) = self.ended.get(sid).await {
             METRICS.liveness_cache.with_label_values(&["hit"]).inc();
+            self.keep_ended(sid, entry, token_until).await;
             return Ok(self.counted(Liveness::Ended));
         }
+        self.saw_token(sid, token_until).await;
         if self.live.get(sid).await.is_some() {
             METRICS.liveness_cache.with_label_values(&["hit"]).inc();
             return Ok(self.counted(Liveness::Live));
@@ -254,9 +354,11 @@ impl LivenessChecker {
                 Fetched::Ended => {
                     // Only the caller that ran the lookup tells the other replicas.
                     if ran.load(Ordering::Relaxed) {
-                        self.mark_ended(sid, cfg.ended_ttl, "backend").await;
+                        self.mark_ended(sid, cfg.ended_ttl, Some(token_until), "backend")
+                            .await;
                     } else {
-                        self.mark_ended_quietly(sid, cfg.ended_ttl).await;
+                        self.mark_ended_quietly(sid, cfg.ended_ttl, Some(token_until))
+                            .await;
                     }
                     Ok(self.counted(Liveness::Ended))
                 }
@@ -339,7 +441,7 @@ fn transport(e: reqwest::Error) -> BackendError {
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, BackendError> {
+pub async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, BackendError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(transport)? {
         if body.len() + chunk.len() > MAX_BODY {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub liveness_stale_served: IntCounter,
     pub liveness_backend_errors: IntCounterVec,
     pub liveness_backend_seconds: Histogram,
+    pub liveness_ended_entries: IntGauge,
+    pub liveness_ended_evicted: IntCounter,
     pub banners_spliced: IntCounter,
     pub banner_skipped: IntCounterVec,
     pub redis_connected: IntGauge,
@@ -44,6 +46,13 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
@@ -146,6 +155,16 @@ impl Metrics {
                 "sessiongate_liveness_backend_seconds",
                 "Liveness backend call latency",
             ),
+            liveness_ended_entries: gauge(
+                &registry,
+                "sessiongate_liveness_ended_sessions",
+                "Impersonation sids this replica holds as ended (bounded; approximate)",
+            ),
+            liveness_ended_evicted: counter(
+                &registry,
+                "sessiongate_liveness_ended_evicted_total",
+                "Ended sids pushed out of memory by the size bound before their tokens expired",
+            ),
             banners_spliced: counter(
                 &registry,
                 "sessiongate_banners_spliced_total",
@@ -157,15 +176,11 @@ impl Metrics {
                 "Impersonated responses without a banner, by reason",
                 &["reason"],
             ),
-            redis_connected: {
-                let g = IntGauge::new(
-                    "sessiongate_redis_connected",
-                    "1 while the Redis revocation fan-out is connected",
-                )
-                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-                let _ = registry.register(Box::new(g.clone()));
-                g
-            },
+            redis_connected: gauge(
+                &registry,
+                "sessiongate_redis_connected",
+                "1 while the Redis revocation fan-out is connected",
+            ),
             redis_disconnects: counter(
                 &registry,
                 "sessiongate_redis_disconnects_total",

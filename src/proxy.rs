@@ -41,6 +41,8 @@ pub struct Ctx {
     /// Normalized host.
     host: String,
     identity: Option<Identity>,
+    /// The session token that gave `identity` (forwarded only on `forward_session_cookie` sites).
+    token: Option<String>,
     /// The impersonation was found live: impersonation headers go up, `no-store` comes back,
     /// and every request is audited.
     impersonating: bool,
@@ -191,7 +193,7 @@ pub async fn authenticate(
         }
         SessionCookie::One(t) => t,
     };
-    let identity = match snap.verifier.verify_fresh(&token).await {
+    let mut identity = match snap.verifier.verify_fresh(&token).await {
         Ok(id) => id,
         Err(e) => {
             METRICS.token_rejected.with_label_values(&[e.label()]).inc();
@@ -218,6 +220,9 @@ pub async fn authenticate(
             shared.auditor.emit(ev);
             return None;
         }
+        // The binding compares case-insensitively; the app gets the host's (lower-case) form,
+        // so one tenant never reaches it under two spellings.
+        identity.tenant_id = host_tenant.map(str::to_string);
     }
     Some((identity, token))
 }
@@ -255,7 +260,7 @@ impl Proxy {
                 let expired = crate::tools::now() >= g.exp;
                 let live = !expired
                     && matches!(
-                        shared.liveness.check(&cfg, &g.sid, None).await,
+                        shared.liveness.check(&cfg, &g.sid, None, g.exp).await,
                         Ok(Liveness::Live)
                     );
                 if !live {
@@ -325,6 +330,7 @@ impl Proxy {
             reason: imp.reason.clone(),
             expires: id.exp,
             csrf: snap.csrf.token(&imp.sid),
+            origin: format!("//{}", ctx.authority),
         };
         let version = snap.assets.version.clone();
         let splice = Splice {
@@ -352,6 +358,7 @@ impl ProxyHttp for Proxy {
             authority: String::new(),
             host: String::new(),
             identity: None,
+            token: None,
             impersonating: false,
             banner: None,
             socket: None,
@@ -387,13 +394,13 @@ impl ProxyHttp for Proxy {
         // auth proxy refuses both (RFC 9110 allows either; a front end that merges them
         // differently is how smuggling starts).
         let duplicate_cl = req.headers.get_all("content-length").iter().count() > 1;
-        if cl_te || duplicate_cl {
+        if cl_te || duplicate_cl || headers::connection_names_framing(req) {
             ctx.outcome = "bad_request";
             session.set_keepalive(None);
             LocalResponse::error(
                 400,
                 "bad_request",
-                "Ambiguous message framing (Content-Length with Transfer-Encoding, or twice) is refused.",
+                "Ambiguous message framing (Content-Length with Transfer-Encoding or twice, or a framing header named in Connection) is refused.",
                 html,
             )
             .send(session, head)
@@ -479,11 +486,18 @@ impl ProxyHttp for Proxy {
         if let Some(id) = &identity
             && let Some(imp) = &id.impersonation
         {
-            let cookie = token.map(|t| format!("{}={t}", snap.config.token.cookie));
+            let cookie = token
+                .as_ref()
+                .map(|t| format!("{}={t}", snap.config.token.cookie));
             match self
                 .shared
                 .liveness
-                .check(&snap.config.liveness, &imp.sid, cookie.as_deref())
+                .check(
+                    &snap.config.liveness,
+                    &imp.sid,
+                    cookie.as_deref(),
+                    snap.verifier.honoured_until(id),
+                )
                 .await
             {
                 Ok(Liveness::Live) => ctx.impersonating = true,
@@ -589,6 +603,7 @@ impl ProxyHttp for Proxy {
             }
         }
         ctx.identity = identity;
+        ctx.token = token;
         Ok(false)
     }
 
@@ -649,9 +664,14 @@ impl ProxyHttp for Proxy {
         if upstream.headers.get("host").is_none() {
             upstream.insert_header("host", &ctx.authority)?;
         }
-        if !site.forward_session_cookie {
-            headers::remove_session_cookie(upstream, &snap.config.token.cookie);
-        }
+        // Only a session cookie the proxy verified and honoured may reach a site that forwards
+        // it; every other copy (unverified, refused, another tenant's, on a public path, a
+        // look-alike in another case) is removed, so the app never judges a token on its own.
+        let keep = ctx
+            .token
+            .as_deref()
+            .filter(|_| site.forward_session_cookie && ctx.identity.is_some());
+        headers::remove_session_cookie(upstream, &snap.config.token.cookie, keep);
         headers::set_forwarded(upstream, peer_ip(session), &ctx.host)?;
         if let Some(id) = &ctx.identity {
             headers::inject(upstream, &snap.names, id, ctx.impersonating)?;

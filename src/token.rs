@@ -186,7 +186,10 @@ struct UntilExpiry(u64);
 
 impl moka::Expiry<String, Identity> for UntilExpiry {
     fn expire_after_create(&self, _k: &String, id: &Identity, _at: Instant) -> Option<Duration> {
-        let left = (id.exp + self.0).saturating_sub(crate::tools::now());
+        let left = id
+            .exp
+            .saturating_add(self.0)
+            .saturating_sub(crate::tools::now());
         Some(Duration::from_secs(left).min(VERIFIED_TTL))
     }
 }
@@ -236,6 +239,11 @@ impl Verifier {
         }
     }
 
+    /// Until when (Unix seconds) this identity's token is honoured: its `exp` plus the leeway.
+    pub fn honoured_until(&self, id: &Identity) -> u64 {
+        id.exp.saturating_add(self.config.leeway.as_secs())
+    }
+
     /// Verifies with the keys at hand (a JWKS token with an unknown `kid` is `UnknownKey`).
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         precheck(token)?;
@@ -243,7 +251,7 @@ impl Verifier {
             && let Some(id) = cache.get(token)
         {
             // The entry expires with the token, but a clock read keeps it exact.
-            if crate::tools::now() < id.exp + self.config.leeway.as_secs() {
+            if crate::tools::now() < id.exp.saturating_add(self.config.leeway.as_secs()) {
                 return Ok(id);
             }
             cache.invalidate(token);
@@ -322,15 +330,18 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
     (!v.is_null()).then_some(v)
 }
 
-/// Non-ASCII bytes (and controls, which never get this far) are percent-encoded.
-const NON_ASCII: &AsciiSet = CONTROLS;
+/// Percent-encoded in header values: `%` itself, so that an encoded value and a literal one
+/// can never read the same (`%C3%A9` arrives as `%25C3%25A9`, `é` as `%C3%A9`), every non-ASCII
+/// byte, and controls (which never get this far: they reject the token).
+const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
 
-/// A claim value as it goes into a header: non-ASCII percent-encoded as UTF-8.
+/// A claim value as it goes into a header: `%` and non-ASCII percent-encoded as UTF-8, so a
+/// standard percent-decoder gives the claim back exactly.
 pub fn header_encode(value: &str) -> String {
-    utf8_percent_encode(value, NON_ASCII).to_string()
+    utf8_percent_encode(value, HEADER_ENCODED).to_string()
 }
 
-/// A claim value as the token has it: a string or a number; empty, or holding control
+/// A claim value as the token has it: a string or a number; empty or blank, or holding control
 /// characters (CR/LF included), it rejects the token. Kept raw: encoded only for headers.
 fn claim_string(name: &str, v: &Value) -> Result<String, TokenError> {
     let s = match v {
@@ -338,10 +349,27 @@ fn claim_string(name: &str, v: &Value) -> Result<String, TokenError> {
         Value::Number(n) => n.to_string(),
         _ => return Err(TokenError::InvalidClaim(name.to_string())),
     };
-    if s.is_empty() || s.chars().any(|c| c.is_control()) {
+    if s.trim().is_empty() || s.chars().any(|c| c.is_control()) {
         return Err(TokenError::InvalidClaim(name.to_string()));
     }
     Ok(s)
+}
+
+/// The latest time a token may name: 9999-12-31T23:59:59Z. Anything later is a mistake (a time
+/// in milliseconds reads as the year 58000) and is refused, so no time computation downstream
+/// can overflow.
+pub const MAX_TIME: u64 = 253_402_300_799;
+
+/// A NumericDate claim (`exp`, `nbf`, `iat`): absent, or a whole number of seconds between 0 and
+/// `MAX_TIME`. A fraction, a string or an absurd time rejects the token.
+fn time_claim(claims: &Value, name: &str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(t) if t <= MAX_TIME => Ok(Some(t)),
+            _ => Err(TokenError::InvalidClaim(name.to_string())),
+        },
+    }
 }
 
 fn optional(claims: &Value, path: &[String], name: &str) -> Result<Option<String>, TokenError> {
@@ -370,6 +398,7 @@ fn roles(claims: &Value, path: &[String]) -> Result<Option<String>, TokenError> 
 }
 
 fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError> {
+    time_claim(claims, "nbf")?;
     let paths = &config.claims;
     let user_id = match lookup(claims, &paths.user_id) {
         Some(v) => claim_string("user_id", v)?,
@@ -401,8 +430,8 @@ fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError
         email: optional(claims, &paths.email, "email")?,
         roles: roles(claims, &paths.roles)?,
         impersonation,
-        exp: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
-        iat: claims.get("iat").and_then(Value::as_u64),
+        exp: time_claim(claims, "exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?,
+        iat: time_claim(claims, "iat")?,
     })
 }
 
@@ -449,6 +478,12 @@ mod tests {
         assert_eq!(id.tenant_id.as_deref(), Some("7"));
         assert_eq!(id.email.as_deref(), Some("José@x.io"));
         assert_eq!(header_encode("José@x.io"), "Jos%C3%A9@x.io");
+        assert_eq!(
+            header_encode("%C3%A9"),
+            "%25C3%25A9",
+            "a literal % is encoded too"
+        );
+        assert_eq!(header_encode("é"), "%C3%A9");
         assert_eq!(id.roles.as_deref(), Some("admin,staff"));
         assert_eq!(id.impersonation, None);
     }
@@ -503,6 +538,55 @@ mod tests {
                 .is_ok(),
             "within leeway"
         );
+    }
+
+    #[test]
+    fn absurd_times_and_blank_claims_are_refused_without_panicking() {
+        let v = verifier();
+        let invalid = |c: &str| Err(TokenError::InvalidClaim(c.into()));
+        let cases = [
+            (json!({"sub": "u1", "exp": u64::MAX}), invalid("exp")),
+            (
+                json!({"sub": "u1", "exp": (now() + 600) * 1000}),
+                invalid("exp"),
+            ),
+            (json!({"sub": "u1", "exp": MAX_TIME + 1}), invalid("exp")),
+            (
+                json!({"sub": "u1", "exp": now() + 600, "iat": u64::MAX}),
+                invalid("iat"),
+            ),
+            (
+                json!({"sub": "u1", "exp": now() + 600, "iat": 1.5}),
+                invalid("iat"),
+            ),
+            (json!({"sub": " ", "exp": now() + 600}), invalid("user_id")),
+            (
+                json!({"sub": "u1", "tenant_id": "\t ", "exp": now() + 600}),
+                invalid("tenant_id"),
+            ),
+        ];
+        for (claims, want) in cases {
+            let got = v.verify(&mint(claims.clone()));
+            // jsonwebtoken may refuse some of these itself, first: any refusal will do, as long
+            // as there is no identity and no panic.
+            assert!(got.is_err(), "{claims}: {got:?}");
+            if matches!(got, Err(TokenError::InvalidClaim(_))) {
+                assert_eq!(got, want, "{claims}");
+            }
+        }
+        let float_exp = v.verify(&mint(
+            json!({"sub": "u1", "exp": (now() + 600) as f64 + 0.5}),
+        ));
+        assert!(
+            float_exp.is_err(),
+            "a fractional exp is refused: {float_exp:?}"
+        );
+        let id = v
+            .verify(&mint(
+                json!({"sub": "u1", "exp": now() + 600, "iat": now()}),
+            ))
+            .expect("valid");
+        assert!(id.exp > now() && id.iat.is_some());
     }
 
     #[test]

@@ -498,17 +498,19 @@ async fn banner_follows_the_body_tag_with_the_admin_and_a_working_csrf_field() {
 
     // What it says and carries.
     let b = banner(&html);
+    // The banner's URLs name this origin (a `<base>` in the page cannot move them).
+    let own = format!("//{}", authority(&sc, HOST));
     for needle in [
-        "ana@example.com",
-        ADMIN_EMAIL,
-        "cafe",
-        "ticket #4711",
-        "End impersonation",
-        "<input type=\"hidden\" name=\"csrf\" value=\"",
-        "<link rel=\"stylesheet\" href=\"/.sessiongate/banner.css?v=",
-        "<script src=\"/.sessiongate/banner.js?v=",
+        "ana@example.com".to_string(),
+        ADMIN_EMAIL.to_string(),
+        "cafe".to_string(),
+        "ticket #4711".to_string(),
+        "End impersonation".to_string(),
+        "<input type=\"hidden\" name=\"csrf\" value=\"".to_string(),
+        format!("<link rel=\"stylesheet\" href=\"{own}/.sessiongate/banner.css?v="),
+        format!("<script src=\"{own}/.sessiongate/banner.js?v="),
     ] {
-        assert!(b.contains(needle), "the banner lacks {needle:?}: {b}");
+        assert!(b.contains(&needle), "the banner lacks {needle:?}: {b}");
     }
     assert_eq!(
         attr_after(&b, "<form", "method").as_deref(),
@@ -516,8 +518,8 @@ async fn banner_follows_the_body_tag_with_the_admin_and_a_working_csrf_field() {
         "{b}"
     );
     assert_eq!(
-        attr_after(&b, "<form", "action").as_deref(),
-        Some(END_PATH),
+        attr_after(&b, "<form", "action"),
+        Some(format!("{own}{END_PATH}")),
         "{b}"
     );
     assert_eq!(b.matches("<form").count(), 1, "{b}");
@@ -1001,7 +1003,7 @@ async fn markup_in_the_token_is_shown_only_escaped() {
 
     // Only the banner's own elements: nothing from the token became markup.
     let allowed = [
-        "div", "link", "span", "strong", "time", "form", "input", "button", "script",
+        "div", "link", "span", "strong", "bdi", "time", "form", "input", "button", "script",
     ];
     for name in tag_names(&b) {
         assert!(
@@ -1823,8 +1825,18 @@ async fn assets_are_static_long_cached_and_free_of_user_data() {
         .await
         .body_text();
     let b = banner(&html);
+    // Network-path references on this origin: the request targets are what follows it.
+    let own = format!("//{}", authority(&sc, HOST));
     let css_href = attr_after(&b, "<link rel=\"stylesheet\"", "href").expect("css href");
     let js_src = attr_after(&b, "<script", "src").expect("script src");
+    let css_href = css_href
+        .strip_prefix(&own)
+        .unwrap_or_else(|| panic!("{css_href} is not on {own}"))
+        .to_string();
+    let js_src = js_src
+        .strip_prefix(&own)
+        .unwrap_or_else(|| panic!("{js_src} is not on {own}"))
+        .to_string();
     assert!(
         css_href.starts_with("/.sessiongate/banner.css?v="),
         "{css_href}"

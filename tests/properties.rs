@@ -21,7 +21,7 @@ proptest! {
     fn cookie_parsing_never_panics(value in "[ -~]{0,300}") {
         if let Some(mut r) = request_with_cookie(&value) {
             let found = session_cookie(&r, "nix_session");
-            remove_session_cookie(&mut r, "nix_session");
+            remove_session_cookie(&mut r, "nix_session", None);
             // After removal no session cookie is left, whatever the input was.
             prop_assert_eq!(session_cookie(&r, "nix_session"), SessionCookie::Absent);
             if let SessionCookie::One(v) = found {

@@ -1,7 +1,12 @@
 //! The banner's markup and its two static assets. Every value from the token is escaped for
 //! the HTML context it lands in; non-ASCII becomes a character reference so the banner reads
-//! right whatever the page's charset. The assets carry no user data (only the configured
-//! color), so they are cached long, versioned by a hash of their content.
+//! right whatever the page's charset, and bidirectional controls are dropped and each value
+//! isolated, so a claim cannot make the banner display another address. The markup is
+//! well-formed XML as well as HTML (void elements closed, attributes valued, the XHTML
+//! namespace on its root), so an `application/xhtml+xml` page parses with it. Its URLs name the
+//! request's own origin, so an injected `<base>` cannot send them (and the page's script nonce)
+//! elsewhere. The assets carry no user data (only the configured color), so they are cached
+//! long, versioned by a hash of their content.
 
 use crate::banner::csp::{END_PATH, SCRIPT_PATH, STYLE_PATH};
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,11 +22,24 @@ pub fn escape(s: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
-            c if c.is_control() => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push_str(&format!("&#x{:x};", c as u32)),
         }
     }
     out
+}
+
+/// Unicode's explicit directional formatting characters (embeddings, overrides, isolates and
+/// marks). As character references the browser still obeys them, so `moc.live@nimda` behind a
+/// U+202E would display as another address.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A value from the token as banner text: escaped, without bidi controls, and isolated in a
+/// `<bdi>` so right-to-left characters in it cannot reorder the text around it.
+fn isolated(class: &str, value: &str) -> String {
+    format!("<bdi class=\"{class}\">{}</bdi>", escape(value))
 }
 
 /// What the banner says: values as they came in the token, escaped when rendered.
@@ -34,13 +52,22 @@ pub struct BannerInfo {
     /// Token expiry, Unix seconds.
     pub expires: u64,
     pub csrf: String,
+    /// Where the banner's own URLs point: `//host[:port]` (the request's authority; the page's
+    /// scheme) or `https://host[:port]` when the scheme is known. Never relative: a relative URL
+    /// would follow an injected `<base href>`.
+    pub origin: String,
 }
 
 /// The banner element, spliced right after `<body …>`. `nonce`: set on the script when the
 /// page's CSP needs it. `assets_version` busts the asset cache when the color changes.
 pub fn banner_html(info: &BannerInfo, nonce: Option<&str>, assets_version: &str) -> String {
-    let end = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(info.expires))
-        .to_string();
+    // A token's exp is at most `token::MAX_TIME`, but the banner must not panic on any value.
+    let end = UNIX_EPOCH
+        .checked_add(Duration::from_secs(
+            info.expires.min(crate::token::MAX_TIME),
+        ))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_default();
     // "2026-11-21T23:38:56Z" -> "23:38 UTC" for the no-JS text.
     let hhmm = end.get(11..16).unwrap_or("");
     let nonce_attr = nonce
@@ -51,8 +78,8 @@ pub fn banner_html(info: &BannerInfo, nonce: Option<&str>, assets_version: &str)
         .as_deref()
         .map(|t| {
             format!(
-                " <span class=\"sg-sep\">in tenant</span> <span class=\"sg-tenant\">{}</span>",
-                escape(t)
+                " <span class=\"sg-sep\">in tenant</span> {}",
+                isolated("sg-tenant", t)
             )
         })
         .unwrap_or_default();
@@ -61,28 +88,34 @@ pub fn banner_html(info: &BannerInfo, nonce: Option<&str>, assets_version: &str)
         .as_deref()
         .map(|a| {
             format!(
-                " <span class=\"sg-sep\">as</span> <span class=\"sg-admin\">{}</span>",
-                escape(a)
+                " <span class=\"sg-sep\">as</span> {}",
+                isolated("sg-admin", a)
             )
         })
         .unwrap_or_default();
     let reason = info
         .reason
         .as_deref()
-        .map(|r| format!(" <span class=\"sg-reason\">({})</span>", escape(r)))
+        .map(|r| {
+            format!(
+                " <span class=\"sg-reason\">({})</span>",
+                isolated("sg-why", r)
+            )
+        })
         .unwrap_or_default();
     format!(
-        "<div id=\"sessiongate-banner\" role=\"region\" aria-label=\"Impersonation\" data-expires=\"{expires}\">\
-<link rel=\"stylesheet\" href=\"{STYLE_PATH}?v={v}\">\
+        "<div id=\"sessiongate-banner\" xmlns=\"http://www.w3.org/1999/xhtml\" role=\"region\" aria-label=\"Impersonation\" data-expires=\"{expires}\">\
+<link rel=\"stylesheet\" href=\"{o}{STYLE_PATH}?v={v}\" />\
 <div class=\"sg-bar\"><span class=\"sg-text\"><span class=\"sg-label\">Impersonating</span> \
 <strong class=\"sg-target\">{target}</strong>{tenant}{admin}{reason}</span> \
 <span class=\"sg-time\">Ends <time class=\"sg-left\" datetime=\"{end}\">at {hhmm} UTC</time></span> \
-<form class=\"sg-end\" method=\"post\" action=\"{END_PATH}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<form class=\"sg-end\" method=\"post\" action=\"{o}{END_PATH}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\" />\
 <button type=\"submit\" class=\"sg-button\">End impersonation</button></form></div>\
-<script src=\"{SCRIPT_PATH}?v={v}\" async{nonce_attr}></script></div>",
+<script src=\"{o}{SCRIPT_PATH}?v={v}\" async=\"async\"{nonce_attr}></script></div>",
         expires = info.expires,
+        o = escape(&info.origin),
         v = escape(assets_version),
-        target = escape(&info.target),
+        target = isolated("sg-who", &info.target),
         csrf = escape(&info.csrf),
     )
 }
@@ -207,6 +240,7 @@ mod tests {
             reason: Some("\"ticket\" <b>42</b>".into()),
             expires: 1_800_000_000,
             csrf: "abc".into(),
+            origin: "//cafe.example:8080".into(),
         };
         let html = banner_html(&info, Some("N1"), "v1");
         assert!(html.starts_with("<div id=\"sessiongate-banner\""));
@@ -214,13 +248,71 @@ mod tests {
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("&quot;ticket&quot; &lt;b&gt;42&lt;/b&gt;"));
         assert!(html.contains("name=\"csrf\" value=\"abc\""));
-        assert!(html.contains("action=\"/.sessiongate/end-impersonation\""));
+        assert!(html.contains("action=\"//cafe.example:8080/.sessiongate/end-impersonation\""));
+        assert!(html.contains("src=\"//cafe.example:8080/.sessiongate/banner.js?v=v1\""));
+        assert!(html.contains("href=\"//cafe.example:8080/.sessiongate/banner.css?v=v1\""));
         assert!(html.contains("nonce=\"N1\""));
         assert!(html.contains("at 08:00 UTC"));
         assert!(
             !html.contains("style="),
             "no inline styles: they would need 'unsafe-inline'"
         );
+    }
+
+    fn info() -> BannerInfo {
+        BannerInfo {
+            target: "u@x.io".into(),
+            tenant: None,
+            admin_email: None,
+            reason: None,
+            expires: 1_800_000_000,
+            csrf: "c".into(),
+            origin: "//a.example".into(),
+        }
+    }
+
+    #[test]
+    fn bidi_controls_are_dropped_and_values_isolated() {
+        let mut i = info();
+        i.admin_email = Some("\u{202E}moc.live@nimda\u{202C}".into());
+        i.target = "\u{2067}x\u{200F}@y".into();
+        let html = banner_html(&i, None, "v");
+        for c in ["\u{202E}", "\u{202C}", "\u{2067}", "\u{200F}"] {
+            assert!(!html.contains(c));
+        }
+        assert!(!html.to_ascii_lowercase().contains("&#x202e;"));
+        assert!(html.contains("<bdi class=\"sg-admin\">moc.live@nimda</bdi>"));
+        assert!(html.contains("<bdi class=\"sg-who\">x@y</bdi>"));
+    }
+
+    #[test]
+    fn the_markup_is_well_formed_xml() {
+        let mut i = info();
+        i.reason = Some("a & <b>".into());
+        let html = banner_html(&i, Some("n"), "v");
+        // Every element is closed: the void ones as `/>`; no attribute without a value.
+        assert!(html.contains(
+            "<link rel=\"stylesheet\" href=\"//a.example/.sessiongate/banner.css?v=v\" />"
+        ));
+        assert!(html.contains("<input type=\"hidden\" name=\"csrf\" value=\"c\" />"));
+        assert!(html.contains(" async=\"async\" nonce=\"n\"></script>"));
+        assert!(
+            html.starts_with(
+                "<div id=\"sessiongate-banner\" xmlns=\"http://www.w3.org/1999/xhtml\""
+            )
+        );
+        let opens = html.matches("<div").count() + html.matches("<span").count();
+        let closes = html.matches("</div>").count() + html.matches("</span>").count();
+        assert_eq!(opens, closes);
+    }
+
+    #[test]
+    fn any_expiry_renders_without_panicking() {
+        for expires in [0, u64::MAX, crate::token::MAX_TIME, 1_800_000_000_000] {
+            let mut i = info();
+            i.expires = expires;
+            assert!(banner_html(&i, None, "v").contains("sessiongate-banner"));
+        }
     }
 
     #[test]
