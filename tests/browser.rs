@@ -738,3 +738,193 @@ async fn browser_banner_under_nonce_and_strict_dynamic() {
 async fn browser_banner_under_default_src_none() {
     run_variant("default-none").await;
 }
+
+// ---------------------------------------------------------------------------
+// Security regressions in the browser (issue 11, items 1, 3 and 11)
+// ---------------------------------------------------------------------------
+
+const WHOAMI_PAGE: &str =
+    "<!DOCTYPE html><html><head><title>who</title></head><body><p id=\"who\">who</p></body></html>";
+
+/// A page with an HTML injection before `<body>`: a `<base>` pointing at another origin,
+/// under a nonce + `'strict-dynamic'` policy without `base-uri`.
+fn base_injection_page(evil: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>injected</title>\
+         <base href=\"{evil}/\"></head><body><p id=\"page\">page</p></body></html>"
+    )
+}
+
+const XHTML_PAGE: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><title>xhtml</title></head>\
+<body><p id=\"page\">An XHTML page &amp; its banner.</p></body></html>";
+
+/// `route`, plus the pages these tests need.
+fn security_route(evil: String) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
+    move |rec: &Recorded| match rec.path() {
+        "/whoami" => reply("text/html; charset=utf-8", WHOAMI_PAGE),
+        "/injected" => reply("text/html; charset=utf-8", &base_injection_page(&evil)).header(
+            "Content-Security-Policy",
+            "script-src 'nonce-pAgEn0nce4711' 'strict-dynamic'; object-src 'none'",
+        ),
+        "/xhtml" => reply("application/xhtml+xml; charset=utf-8", XHTML_PAGE),
+        _ => route(rec),
+    }
+}
+
+const BANNER_READY_JS: &str = r#"var h = document.getElementById("sessiongate-banner");
+    return document.readyState === "complete" && !!h && h.getAttribute("data-sg-ready") === "1"
+        && !!h.shadowRoot;"#;
+
+/// Item 1: a UTF-8 cookie set by `document.cookie` neither hides the session nor lets the
+/// session cookie through to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_a_utf8_cookie_from_document_cookie_hides_nothing() {
+    if !browser_available() {
+        return;
+    }
+    let backend = spawn_backend().await;
+    let up = spawn_upstream_with(security_route(String::new())).await;
+    let sc = Sidecar::start(&browser_config(&backend, up.addr), &[(SECRET_ENV, SECRET)]).await;
+    let tok = token(&claims());
+    let base = format!("http://{HOST}:{}", sc.addr.port());
+    let d = Driver::start().await;
+    d.goto(&format!("{base}/public/start")).await;
+    d.add_cookie(COOKIE, &tok).await;
+    let jar = d
+        .exec("document.cookie = 'pref=caf\u{e9}; path=/'; return document.cookie;")
+        .await;
+    assert!(
+        jar.as_str().unwrap_or_default().contains("pref=caf\u{e9}"),
+        "the browser took the cookie: {jar}"
+    );
+    d.goto(&format!("{base}/whoami")).await;
+    d.wait_for(
+        "the page",
+        "return !!document.getElementById('who');",
+        "return document.documentElement.outerHTML;",
+    )
+    .await;
+    let rec = up.find("/whoami");
+    assert_eq!(
+        rec.header("x-auth-user-id").as_deref(),
+        Some("user-42"),
+        "the session was hidden by the UTF-8 cookie; upstream got {:?}",
+        rec.headers
+    );
+    let cookies: Vec<&Vec<u8>> = rec
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let sent = cookies[0];
+    assert!(
+        sent.windows(b"pref=caf\xc3\xa9".len())
+            .any(|w| w == b"pref=caf\xc3\xa9"),
+        "the UTF-8 cookie passes byte for byte: {:?}",
+        String::from_utf8_lossy(sent)
+    );
+    assert!(
+        !String::from_utf8_lossy(sent).contains(COOKIE),
+        "the session cookie reached the app: {:?}",
+        String::from_utf8_lossy(sent)
+    );
+}
+
+/// Item 3: an injected `<base href>` cannot redirect the banner's script (which carries the
+/// page's nonce), stylesheet or form to another origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_an_injected_base_cannot_take_the_banner_elsewhere() {
+    if !browser_available() {
+        return;
+    }
+    let evil = spawn_upstream_with(|_| reply("text/javascript", "window.__evil = true;")).await;
+    let evil_origin = format!("http://evil.localhost:{}", evil.addr.port());
+    let backend = spawn_backend().await;
+    let up = spawn_upstream_with(security_route(evil_origin.clone())).await;
+    let sc = Sidecar::start(&browser_config(&backend, up.addr), &[(SECRET_ENV, SECRET)]).await;
+    let base = format!("http://{HOST}:{}", sc.addr.port());
+    let d = Driver::start().await;
+    d.goto(&format!("{base}/public/start")).await;
+    d.add_cookie(COOKIE, &token(&imp_claims("sid-base-injection")))
+        .await;
+    d.goto(&format!("{base}/injected")).await;
+    d.wait_for(
+        "the banner script from the proxy's own origin",
+        BANNER_READY_JS,
+        "return [document.documentElement.outerHTML, performance.getEntriesByType('resource').map(function (e) { return e.name; })];",
+    )
+    .await;
+    let s = d
+        .exec(
+            r#"var h = document.getElementById("sessiongate-banner");
+            return {
+              evil: !!window.__evil,
+              form: h.shadowRoot.querySelector("form").action,
+              resources: performance.getEntriesByType("resource").map(function (e) { return e.name; })
+            };"#,
+        )
+        .await;
+    assert_eq!(s["evil"], false, "the evil script ran: {s}");
+    assert!(
+        s["form"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{base}/.sessiongate/end-impersonation")),
+        "the End form posts elsewhere: {s}"
+    );
+    for r in s["resources"].as_array().expect("resources") {
+        let r = r.as_str().unwrap_or_default();
+        assert!(
+            !r.contains("evil.localhost"),
+            "{r} loaded from the injected base: {s}"
+        );
+    }
+    assert_eq!(
+        evil.count(),
+        0,
+        "the injected origin was asked: {:?}",
+        evil.requests()
+    );
+}
+
+/// Item 11: an `application/xhtml+xml` page still parses with the banner in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_an_xhtml_page_parses_with_the_banner() {
+    if !browser_available() {
+        return;
+    }
+    let backend = spawn_backend().await;
+    let up = spawn_upstream_with(security_route(String::new())).await;
+    let sc = Sidecar::start(&browser_config(&backend, up.addr), &[(SECRET_ENV, SECRET)]).await;
+    let base = format!("http://{HOST}:{}", sc.addr.port());
+    let d = Driver::start().await;
+    d.goto(&format!("{base}/public/start")).await;
+    d.add_cookie(COOKIE, &token(&imp_claims("sid-xhtml"))).await;
+    d.goto(&format!("{base}/xhtml")).await;
+    d.wait_for(
+        "the XHTML page with its banner",
+        BANNER_READY_JS,
+        "return document.documentElement.outerHTML;",
+    )
+    .await;
+    let s = d
+        .exec(
+            r#"var h = document.getElementById("sessiongate-banner");
+            return {
+              errors: document.getElementsByTagName("parsererror").length,
+              ns: h.namespaceURI,
+              page: document.getElementById("page").textContent,
+              button: h.shadowRoot.querySelector("button").textContent,
+              height: h.getBoundingClientRect().height
+            };"#,
+        )
+        .await;
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(s["ns"], "http://www.w3.org/1999/xhtml", "{s}");
+    assert_eq!(s["page"], "An XHTML page & its banner.", "{s}");
+    assert_eq!(s["button"], "End impersonation", "{s}");
+    assert!(s["height"].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+}
