@@ -3,6 +3,7 @@
 
 use crate::config::AuditSink;
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,21 +62,6 @@ impl AuditEvent {
     }
 }
 
-impl AuditEvent {
-    /// An event about a verified identity: who, on whose behalf, which impersonation.
-    pub fn about(event: &'static str, site: &str, id: &crate::token::Identity) -> AuditEvent {
-        let mut ev = AuditEvent::new(event, site);
-        ev.user_id = Some(id.user_id.clone());
-        ev.tenant_id = id.tenant_id.clone();
-        if let Some(imp) = &id.impersonation {
-            ev.sid = Some(imp.sid.clone());
-            ev.admin_id = imp.admin_id.clone();
-            ev.admin_email = imp.admin_email.clone();
-        }
-        ev
-    }
-}
-
 /// The bounded queue between requests and the writer. A request only takes a lock and pushes;
 /// it wakes the writer when the queue turns non-empty or reaches half its bound, so under load
 /// one wake-up (and one write) carries a batch of events instead of one each.
@@ -98,11 +84,6 @@ impl Queue {
     fn len(&self) -> usize {
         lock(&self.events).len()
     }
-}
-
-fn lock(m: &Mutex<VecDeque<AuditEvent>>) -> std::sync::MutexGuard<'_, VecDeque<AuditEvent>> {
-    // A panic while holding this lock cannot leave the queue inconsistent (push/take only).
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The sending half, cheap to clone into every request.

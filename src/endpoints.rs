@@ -1,13 +1,16 @@
-//! The proxy's own endpoints: `/.sessiongate/*` on the public listener, and the admin listener
-//! (`/healthz`, `/readyz`, `/metrics`), which is never served on the public one.
+//! The proxy's own endpoints: `/.sessiongate/*` on the public listener (step 1: they never
+//! reach an upstream), and the admin listener (`/healthz`, `/readyz`, `/metrics`, revoke),
+//! which is never served on the public one.
 
-use crate::audit::AuditEvent;
 use crate::banner::csp;
-use crate::liveness::Liveness;
+use crate::config::SiteConfig;
+use crate::liveness::{self, Liveness};
 use crate::metrics::METRICS;
 use crate::policy::CanonicalPath;
-use crate::response::LocalResponse;
+use crate::response::{LocalResponse, Refusal};
+use crate::site::RequestHost;
 use crate::state::{Shared, Snapshot};
+use crate::token;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -19,18 +22,13 @@ use std::sync::Arc;
 pub struct Reserved<'a> {
     pub shared: &'a Shared,
     pub snap: &'a Snapshot,
-    pub site: Option<usize>,
-    /// Normalized host.
-    pub host: &'a str,
-    /// Host as sent (host[:port]): the origin the End form must come from.
-    pub authority: &'a str,
+    pub site: Option<&'a SiteConfig>,
+    pub host: &'a RequestHost,
     pub path: &'a CanonicalPath,
-    pub html: bool,
 }
 
-/// Answers a request under the reserved prefix. It never reaches an upstream.
-pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> pingora::Result<()> {
-    let head = session.req_header().method == http::Method::HEAD;
+/// Answers a request under the reserved prefix.
+pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> Result<LocalResponse, Refusal> {
     let method = session.req_header().method.clone();
     let asset = match r.path.path.as_str() {
         p if p == csp::SCRIPT_PATH => Some((&r.snap.assets.js, "text/javascript; charset=utf-8")),
@@ -39,32 +37,17 @@ pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> pingora::Result
     };
     if let Some((body, content_type)) = asset {
         if !matches!(method.as_str(), "GET" | "HEAD") {
-            return method_not_allowed("GET", r.html).send(session, head).await;
+            return Err(Refusal::method_not_allowed("GET"));
         }
-        let mut resp = LocalResponse::json(200, String::new()).header(
+        return Ok(LocalResponse::new(200, content_type, body.clone()).header(
             "cache-control",
             "public, max-age=31536000, immutable".into(),
-        );
-        resp.body = body.clone();
-        resp.content_type = content_type;
-        return resp.send(session, head).await;
+        ));
     }
     match r.path.path.as_str() {
-        p if p == csp::END_PATH => {
-            let answer = end_impersonation(&r, session).await;
-            answer.send(session, head).await
-        }
-        _ => {
-            LocalResponse::error(404, "not_found", "No such sessiongate endpoint.", r.html)
-                .send(session, head)
-                .await
-        }
+        p if p == csp::END_PATH => end_impersonation(&r, session).await,
+        _ => Err(Refusal::not_found()),
     }
-}
-
-fn method_not_allowed(allow: &'static str, html: bool) -> LocalResponse {
-    LocalResponse::error(405, "method_not_allowed", "Method not allowed.", html)
-        .header("allow", allow.into())
 }
 
 /// Is `origin` (an `Origin` value, or a `Referer` URL) exactly this site's origin? Sibling
@@ -106,16 +89,9 @@ pub fn csrf_field(body: &[u8], json: bool) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(body).ok()?;
         return v.get("csrf")?.as_str().map(str::to_string);
     }
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "csrf").then(|| {
-            let v = v.replace('+', " ");
-            percent_encoding::percent_decode_str(&v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned())
 }
 
 const MAX_FORM: usize = 16 * 1024;
@@ -134,23 +110,15 @@ async fn read_body(session: &mut Session) -> Result<Vec<u8>, ()> {
 /// `POST /.sessiongate/end-impersonation`: live impersonation cookie, exact-origin Origin (or
 /// Referer), the banner's `csrf` field; then the backend's `end_url`, the sid ended here at
 /// once, the cookie cleared, audit `impersonation.ended`.
-async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResponse {
-    let html = r.html;
+async fn end_impersonation(
+    r: &Reserved<'_>,
+    session: &mut Session,
+) -> Result<LocalResponse, Refusal> {
     let req = session.req_header();
     if req.method != http::Method::POST {
-        return method_not_allowed("POST", html);
+        return Err(Refusal::method_not_allowed("POST"));
     }
-    let Some(site_idx) = r.site else {
-        return LocalResponse::error(
-            421,
-            "misdirected_request",
-            "No site is served at this host.",
-            html,
-        );
-    };
-    let Some(site) = r.snap.config.site(site_idx) else {
-        return LocalResponse::error(500, "internal_error", "Site not found.", html);
-    };
+    let site = r.site.ok_or_else(Refusal::misdirected)?;
     let h = |n: &str| {
         req.headers
             .get(n)
@@ -160,146 +128,102 @@ async fn end_impersonation(r: &Reserved<'_>, session: &mut Session) -> LocalResp
     let origin = h("origin").or_else(|| h("referer"));
     if !origin
         .as_deref()
-        .is_some_and(|o| same_origin(o, r.authority))
+        .is_some_and(|o| same_origin(o, &r.host.authority))
     {
-        return LocalResponse::error(
+        return Err(Refusal::error(
             403,
             "bad_origin",
             "This request did not come from this site.",
-            html,
-        );
+            "reserved",
+        ));
     }
     let json_body = h("content-type").is_some_and(|c| c.to_ascii_lowercase().contains("json"));
-    let json_client = !html && h("accept").is_some_and(|a| a.to_ascii_lowercase().contains("json"));
-    let Some((identity, token)) =
-        crate::proxy::authenticate(r.shared, r.snap, site_idx, req, r.host).await
+    let json_client = !crate::response::html_requested(req)
+        && h("accept").is_some_and(|a| a.to_ascii_lowercase().contains("json"));
+    let Some(sess) =
+        token::authenticate(&r.snap.verifier, site, req, &r.host.host, &r.shared.auditor).await
     else {
-        return LocalResponse::error(401, "unauthenticated", "No session.", html);
+        return Err(Refusal::error(
+            401,
+            "unauthenticated",
+            "No session.",
+            "reserved",
+        ));
     };
-    let Some(imp) = identity.impersonation.clone() else {
-        return LocalResponse::error(
+    let Some(imp) = sess.identity.impersonation.clone() else {
+        return Err(Refusal::error(
             403,
             "not_impersonating",
             "This session is not an impersonation.",
-            html,
-        );
+            "reserved",
+        ));
     };
     let cfg = &r.snap.config;
-    let cookie = format!("{}={token}", cfg.token.cookie);
-    let clear =
-        crate::headers::clear_session_cookie(&cfg.token.cookie, cfg.token.cookie_domain.as_deref());
+    let until = r.snap.verifier.honoured_until(&sess.identity);
+    let cookie = format!("{}={}", cfg.token.cookie, sess.token);
     match r
         .shared
         .liveness
-        .check(
-            &cfg.liveness,
-            &imp.sid,
-            Some(&cookie),
-            r.snap.verifier.honoured_until(&identity),
-        )
+        .check(&cfg.liveness, &imp.sid, Some(&cookie), until)
         .await
     {
         Ok(Liveness::Live) => {}
-        Ok(Liveness::Ended) => {
-            return LocalResponse::json(401, r#"{"error":"impersonation_ended"}"#.into())
-                .header("set-cookie", clear);
-        }
-        Err(_) => {
-            return LocalResponse::error(
-                503,
-                "liveness_unavailable",
-                "The impersonation cannot be checked right now.",
-                html,
-            )
-            .header("retry-after", "5".into());
-        }
+        Ok(Liveness::Ended) => return Err(liveness::ended_refusal(req, site, &cfg.token)),
+        Err(_) => return Err(liveness::unavailable()),
     }
     let Ok(body) = read_body(session).await else {
-        return LocalResponse::error(413, "body_too_large", "The form is too large.", html);
+        return Err(Refusal::error(
+            413,
+            "body_too_large",
+            "The form is too large.",
+            "reserved",
+        ));
     };
     let csrf_ok =
         csrf_field(&body, json_body).is_some_and(|given| r.snap.csrf.verify(&imp.sid, &given));
     if !csrf_ok {
-        return LocalResponse::error(403, "bad_csrf", "The form token is missing or wrong.", html);
+        return Err(Refusal::error(
+            403,
+            "bad_csrf",
+            "The form token is missing or wrong.",
+            "reserved",
+        ));
     }
-    if let Err(e) = call_end(r.shared, &cfg.liveness, &imp.sid, &cookie).await {
+    if let Err(e) = r
+        .shared
+        .liveness
+        .end(&cfg.liveness, &imp.sid, &cookie)
+        .await
+    {
         tracing::warn!(site = %site.name, error = %e, "ending the impersonation failed at the backend");
-        return LocalResponse::error(
+        return Err(Refusal::error(
             502,
             "end_failed",
             "The platform could not end the impersonation. Try again.",
-            html,
-        );
+            "reserved",
+        ));
     }
     r.shared
         .liveness
-        .mark_ended(
-            &imp.sid,
-            cfg.liveness.ended_ttl,
-            Some(r.snap.verifier.honoured_until(&identity)),
-            "tenant",
-        )
+        .mark_ended(&imp.sid, cfg.liveness.ended_ttl, Some(until), "tenant")
         .await;
-    let mut ev = AuditEvent::about("impersonation.ended", &site.name, &identity);
+    let mut ev = sess.identity.audit_event("impersonation.ended", &site.name);
     ev.ended_by = Some("tenant");
-    ev.session_duration_s = identity.iat.map(|iat| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        now.saturating_sub(iat)
-    });
+    ev.session_duration_s = sess
+        .identity
+        .iat
+        .map(|iat| token::now().saturating_sub(iat));
     ev.peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string());
     r.shared.auditor.emit(ev);
-    if json_client {
-        LocalResponse::json(200, r#"{"ended":true}"#.into()).header("set-cookie", clear)
+    let clear = token::clearing_cookie(&cfg.token);
+    Ok(if json_client {
+        LocalResponse::json(200, r#"{"ended":true}"#).header("set-cookie", clear)
     } else {
         LocalResponse::redirect(303, site.after_end_url.clone()).header("set-cookie", clear)
-    }
-}
-
-/// `POST end_url`: 2xx, or an answer that the session is already ended, is success.
-async fn call_end(
-    shared: &Shared,
-    cfg: &crate::config::LivenessConfig,
-    sid: &str,
-    cookie: &str,
-) -> Result<(), String> {
-    let url = crate::liveness::sid_url(&cfg.end_url, sid);
-    let mut req = shared
-        .liveness
-        .http()
-        .post(url)
-        .timeout(cfg.timeout.max(std::time::Duration::from_secs(2)))
-        .header("cookie", cookie)
-        .header("accept", "application/json");
-    if let Some(b) = &cfg.bearer {
-        req = req.bearer_auth(String::from_utf8_lossy(&b.0));
-    }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = crate::liveness::read_limited(resp)
-        .await
-        .unwrap_or_default();
-    if end_succeeded(status, &body) {
-        return Ok(());
-    }
-    Err(format!("backend answered {status}"))
-}
-
-/// Did `end_url` end the session? `2xx` and `410 Gone` did; another `4xx` (a `404` included,
-/// which is also what a wrong `end_url` answers) only when its body says the session is
-/// already ended.
-pub fn end_succeeded(status: u16, body: &[u8]) -> bool {
-    if (200..300).contains(&status) || status == 410 {
-        return true;
-    }
-    (400..500).contains(&status)
-        && String::from_utf8_lossy(body)
-            .to_ascii_lowercase()
-            .contains("ended")
+    })
 }
 
 pub struct AdminApp {
@@ -337,14 +261,6 @@ pub fn revoke_sid(path: &str) -> Option<String> {
     (!sid.is_empty() && !sid.chars().any(char::is_control)).then(|| sid.into_owned())
 }
 
-/// Compares secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Does an `Authorization` header carry this bearer token?
 pub fn bearer_matches(header: Option<&[u8]>, token: &[u8]) -> bool {
     let Some(h) = header else { return false };
@@ -354,7 +270,7 @@ pub fn bearer_matches(header: Option<&[u8]>, token: &[u8]) -> bool {
     else {
         return false;
     };
-    constant_time_eq(given.trim_ascii(), token)
+    aws_lc_rs::constant_time::verify_slices_are_equal(given.trim_ascii(), token).is_ok()
 }
 
 impl AdminApp {
@@ -383,7 +299,7 @@ impl AdminApp {
             .liveness
             .mark_ended(sid, snap.config.liveness.ended_ttl, None, "admin")
             .await;
-        let mut ev = AuditEvent::new("impersonation.ended", "-");
+        let mut ev = crate::audit::AuditEvent::new("impersonation.ended", "-");
         ev.sid = Some(sid.to_string());
         ev.ended_by = Some("admin");
         self.shared.auditor.emit(ev);
@@ -481,19 +397,6 @@ mod tests {
         );
         assert_eq!(csrf_field(br#"{"csrf":"x"}"#, true).as_deref(), Some("x"));
         assert_eq!(csrf_field(b"a=1", false), None);
-    }
-
-    #[test]
-    fn end_url_answers() {
-        assert!(end_succeeded(200, b""));
-        assert!(end_succeeded(204, b""));
-        assert!(end_succeeded(410, b""));
-        assert!(end_succeeded(409, br#"{"code":"IMPERSONATION_ENDED"}"#));
-        assert!(end_succeeded(404, b"impersonation already ended"));
-        assert!(!end_succeeded(404, b"<h1>Not Found</h1>"));
-        assert!(!end_succeeded(404, b""));
-        assert!(!end_succeeded(500, b"ended"));
-        assert!(!end_succeeded(302, b""));
     }
 
     #[test]

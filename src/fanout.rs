@@ -11,8 +11,9 @@
 //! `sessiongate_redis_connected`). After reconnecting (subscribed first) it drops every live
 //! answer cached before that moment, since it may have missed messages, so the bound holds.
 
-use crate::liveness::LivenessChecker;
+use crate::liveness::{Ended, LivenessChecker};
 use crate::metrics::METRICS;
+use crate::sync::lock;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -46,47 +47,55 @@ pub fn parse(payload: &[u8]) -> Option<Revocation> {
     (r.v == 1 && !r.sid.is_empty() && !r.sid.chars().any(char::is_control)).then_some(r)
 }
 
-/// The replica's link to Redis: what the rest of the proxy sees of it.
+/// The replica's link to Redis: what the rest of the proxy sees of it. It owns the channel the
+/// liveness checker hands its local ends to ([`Fanout::outbox`]).
 pub struct Fanout {
-    tx: mpsc::Sender<Revocation>,
-    rx: Mutex<Option<mpsc::Receiver<Revocation>>>,
+    tx: mpsc::Sender<Ended>,
+    rx: Mutex<Option<mpsc::Receiver<Ended>>>,
     connected: AtomicBool,
     down_since: Mutex<Option<Instant>>,
     pub replica: String,
 }
 
+/// A short id for this replica, so it can ignore its own messages.
+fn replica_id() -> String {
+    let mut b = [0u8; 6];
+    match aws_lc_rs::rand::fill(&mut b) {
+        Ok(()) => format!(
+            "{}-{}",
+            std::process::id(),
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+        // Only tells replicas apart; a pid alone still does on one host.
+        Err(_) => std::process::id().to_string(),
+    }
+}
+
 impl Fanout {
     pub fn new() -> Fanout {
         let (tx, rx) = mpsc::channel(4096);
-        let replica = format!(
-            "{}-{}",
-            std::process::id(),
-            crate::banner::nonce().get(..8).unwrap_or("x")
-        );
         Fanout {
             tx,
             rx: Mutex::new(Some(rx)),
             connected: AtomicBool::new(false),
             down_since: Mutex::new(Some(Instant::now())),
-            replica,
+            replica: replica_id(),
         }
     }
 
-    /// Queues a local end for publishing (never blocks; a full queue drops and logs).
-    pub fn publish(&self, sid: &str, ended_by: &str, until: Option<u64>) {
-        let msg = Revocation {
+    /// Where local ends go to be published.
+    pub fn outbox(&self) -> mpsc::Sender<Ended> {
+        self.tx.clone()
+    }
+
+    fn message(&self, e: Ended) -> Revocation {
+        Revocation {
             v: 1,
-            sid: sid.to_string(),
-            ended_by: Some(ended_by.to_string()),
+            sid: e.sid,
+            ended_by: Some(e.ended_by.to_string()),
             origin: Some(self.replica.clone()),
-            ts: Some(crate::tools::now()),
-            until,
-        };
-        if self.tx.try_send(msg).is_err() {
-            tracing::warn!(
-                sid,
-                "revocation publish queue full; other replicas learn within cache_ttl"
-            );
+            ts: Some(crate::token::now()),
+            until: e.until,
         }
     }
 
@@ -160,7 +169,7 @@ impl Fanout {
     async fn session(
         &self,
         client: &redis::Client,
-        outbox: &mut mpsc::Receiver<Revocation>,
+        outbox: &mut mpsc::Receiver<Ended>,
         liveness: &LivenessChecker,
         ended_ttl: Duration,
         after_outage: &mut bool,
@@ -199,8 +208,8 @@ impl Fanout {
                     }
                 }
                 out = outbox.recv() => {
-                    let Some(r) = out else { return Ok(()) };
-                    let payload = serde_json::to_string(&r).unwrap_or_default();
+                    let Some(ended) = out else { return Ok(()) };
+                    let payload = serde_json::to_string(&self.message(ended)).unwrap_or_default();
                     let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).query_async(&mut conn).await?;
                     METRICS.redis_revocations_published.inc();
                 }
@@ -216,10 +225,6 @@ impl Default for Fanout {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

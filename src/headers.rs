@@ -1,8 +1,12 @@
-//! Header policy over Pingora's request/response headers: strip the identity family, keep a
-//! client from removing injected headers through `Connection`, find the session cookie,
-//! filter it out of the upstream `Cookie`, drop an upstream `Set-Cookie` for it, inject.
+//! Steps 3, 10 and 11, the headers: the request head's size and framing, stripping the identity
+//! family and the forwarding headers a client made up (and keeping it from removing injected
+//! ones through `Connection`), the upstream request (session cookie out, identity in), and the
+//! response's headers (no upstream `Set-Cookie` for the session cookie, nothing cacheable
+//! while impersonating).
 
-use crate::token::{Identity, header_encode};
+use crate::response::Refusal;
+use crate::token::{Identity, cookie_pairs, cookie_value, split_pair};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// The names injected for one `[headers] prefix`, built once per config.
@@ -103,7 +107,7 @@ fn is_forwarding(name: &str) -> bool {
 
 /// `name` equals the lower-case `target` with `_` read as `-` (no allocation: this runs for
 /// every header of every request).
-fn folded_eq(name: &str, target: &str) -> bool {
+pub fn folded_eq(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name
             .bytes()
@@ -178,72 +182,6 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
     }
 }
 
-/// What the `Cookie` headers say about the session cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionCookie {
-    Absent,
-    One(String),
-    /// Several cookies of that name with different values: cookie tossing from a sibling
-    /// subdomain is indistinguishable from the real one, so there is no session.
-    Conflict,
-}
-
-/// The `name=value` pairs of every `Cookie` header, as bytes. A `Cookie` header is bytes, not
-/// text: browsers send what `document.cookie` set (UTF-8 included), and a sibling subdomain can
-/// plant such a cookie on the parent domain. So one odd byte never hides the rest of the header:
-/// pairs are split on `;` and trimmed, whatever they hold.
-fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
-    req.headers
-        .get_all("cookie")
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
-}
-
-/// A pair's name and value (both trimmed); a pair without `=` has an empty value.
-fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
-    match pair.iter().position(|b| *b == b'=') {
-        Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
-        None => (pair.trim_ascii(), &[]),
-    }
-}
-
-/// RFC 6265 cookie-value: cookie-octets, optionally inside double quotes. `None` when the value
-/// holds anything else (such a value is never a session).
-pub fn cookie_value(value: &[u8]) -> Option<&[u8]> {
-    let inner = match value {
-        [b'"', inner @ .., b'"'] => inner,
-        v => v,
-    };
-    let octet = |b: &u8| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
-    inner.iter().all(octet).then_some(inner)
-}
-
-/// Finds the session cookie by exact (case-sensitive) name. Pairs of other names are never
-/// looked at beyond their name, so their bytes do not matter. A session-named pair whose value
-/// is not a valid cookie-value still counts (as a value no token can match), so that it cannot
-/// be used to win against a conflicting one.
-pub fn session_cookie(req: &RequestHeader, name: &str) -> SessionCookie {
-    let mut found: Option<&[u8]> = None;
-    for pair in cookie_pairs(req) {
-        let (n, v) = split_pair(pair);
-        if n != name.as_bytes() {
-            continue;
-        }
-        let v = cookie_value(v).unwrap_or(v);
-        match found {
-            None => found = Some(v),
-            Some(prev) if prev == v => {}
-            Some(_) => return SessionCookie::Conflict,
-        }
-    }
-    match found {
-        Some(v) => SessionCookie::One(String::from_utf8_lossy(v).into_owned()),
-        None => SessionCookie::Absent,
-    }
-}
-
 /// Removes the session cookie from the `Cookie` headers: every pair whose name is the session
 /// cookie's in any case, except, with `keep`, the exact pair that carried the token the proxy
 /// verified (a site with `forward_session_cookie`). The other pairs pass byte for byte, joined
@@ -297,6 +235,17 @@ pub fn drop_session_set_cookie(resp: &mut ResponseHeader, name: &str) -> usize {
     dropped
 }
 
+/// Percent-encoded in header values: `%` itself, so that an encoded value and a literal one
+/// can never read the same (`%C3%A9` arrives as `%25C3%25A9`, `é` as `%C3%A9`), every non-ASCII
+/// byte, and controls (which never get this far: they reject the token).
+const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+
+/// A claim value as it goes into a header: `%` and non-ASCII percent-encoded as UTF-8, so a
+/// standard percent-decoder gives the claim back exactly.
+pub fn header_encode(value: &str) -> String {
+    utf8_percent_encode(value, HEADER_ENCODED).to_string()
+}
+
 /// Sets the identity headers for a verified identity. Impersonation headers only when the
 /// impersonation has been found live.
 pub fn inject(
@@ -329,6 +278,48 @@ pub fn inject(
     Ok(())
 }
 
+/// What step 10 needs besides the request head.
+pub struct Forward<'a> {
+    /// The host as the client sent it (the upstream's `Host`).
+    pub authority: &'a str,
+    /// Normalized host (`X-Forwarded-Host`).
+    pub host: &'a str,
+    pub peer_ip: Option<String>,
+    pub cookie_name: &'a str,
+    /// The verified token to leave in `Cookie` (a `forward_session_cookie` site with a session).
+    pub keep_cookie: Option<&'a str>,
+    pub names: &'a IdentityHeaders,
+    pub identity: Option<&'a Identity>,
+    /// The impersonation was found live: its headers go up too.
+    pub impersonating: bool,
+}
+
+/// Step 10: the upstream request. Origin-form target with the client's Host (HTTP/2 has only
+/// `:authority`), the session cookie removed unless this request's verified one may stay, the
+/// forwarding headers from the proxy's own view, and the identity.
+pub fn prepare_upstream(up: &mut RequestHeader, f: &Forward<'_>) -> pingora::Result<()> {
+    let origin_form = up.raw_path().first() == Some(&b'/');
+    if !origin_form || up.uri.authority().is_some() || up.uri.scheme().is_some() {
+        let pq = up
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        up.set_uri(pq.parse().map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad target")
+        })?);
+    }
+    if up.headers.get("host").is_none() {
+        up.insert_header("host", f.authority)?;
+    }
+    remove_session_cookie(up, f.cookie_name, f.keep_cookie);
+    set_forwarded(up, f.peer_ip.clone(), f.host)?;
+    if let Some(id) = f.identity {
+        inject(up, f.names, id, f.impersonating)?;
+    }
+    Ok(())
+}
+
 /// `X-Forwarded-*` from the proxy's own view.
 pub fn set_forwarded(
     req: &mut RequestHeader,
@@ -343,44 +334,9 @@ pub fn set_forwarded(
     Ok(())
 }
 
-/// The `Set-Cookie` that clears the platform's session cookie (the domain as configured).
-pub fn clear_session_cookie(name: &str, domain: Option<&str>) -> String {
-    let domain = domain.map(|d| format!("; Domain={d}")).unwrap_or_default();
-    format!(
-        "{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{domain}; Path=/; Secure; HttpOnly; SameSite=Lax"
-    )
-}
-
 /// Headers that ask an app to act on another URL than the request line's. Stripped: a deny
 /// rule judges the request line, so the app must not be told another path.
 const URL_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
-
-/// Headers that ask an app to act as another method. Kept (apps use them), but deny rules
-/// judge the request by every method it names.
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-method-override",
-    "x-http-method",
-];
-
-/// The request's method and every method an override header names, upper-cased. Override
-/// headers are matched with `_` read as `-`: Rack and WSGI read `X_HTTP_Method_Override` as
-/// `X-HTTP-Method-Override`.
-pub fn effective_methods(req: &RequestHeader) -> Vec<String> {
-    let mut out = vec![req.method.as_str().to_ascii_uppercase()];
-    for (name, v) in req.headers.iter() {
-        if !METHOD_OVERRIDES.iter().any(|h| folded_eq(name.as_str(), h)) {
-            continue;
-        }
-        let v = String::from_utf8_lossy(v.as_bytes());
-        out.extend(
-            v.split(',')
-                .map(|m| m.trim().to_ascii_uppercase())
-                .filter(|m| !m.is_empty()),
-        );
-    }
-    out
-}
 
 /// Cache directives aimed at one kind of cache, which such caches honour over `Cache-Control`
 /// (RFC 9213 and the CDNs' own): an impersonated page must not be stored by any of them.
@@ -430,6 +386,38 @@ pub fn framing_conflict(raw_head: &[u8]) -> bool {
     cl && te
 }
 
+/// Request heads over this size in all get `431`.
+pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
+/// The head's size and framing, before anything else looks at the request: over 32 KiB in all
+/// is `431`; `Content-Length` with `Transfer-Encoding` (seen in `raw_head`, since Pingora drops
+/// the length first), `Content-Length` twice, or a framing header named in `Connection` is a
+/// `400`. Every one of them closes the connection.
+pub fn check_framing(req: &RequestHeader, raw_head: Option<&[u8]>) -> Result<(), Refusal> {
+    if request_head_size(req) > MAX_REQUEST_HEAD {
+        return Err(Refusal::error(
+            431,
+            "request_header_fields_too_large",
+            "Request headers are too large.",
+            "header_too_large",
+        )
+        .closing());
+    }
+    let cl_te =
+        req.headers.contains_key("transfer-encoding") && raw_head.is_some_and(framing_conflict);
+    // Pingora refuses differing duplicate Content-Lengths but forwards equal ones; an auth proxy
+    // refuses both (RFC 9110 allows either; a front end that merges them differently is how
+    // smuggling starts).
+    let duplicate_cl = req.headers.get_all("content-length").iter().count() > 1;
+    if cl_te || duplicate_cl || connection_names_framing(req) {
+        return Err(Refusal::bad_request(
+            "Ambiguous message framing (Content-Length with Transfer-Encoding or twice, or a framing header named in Connection) is refused.",
+        )
+        .closing());
+    }
+    Ok(())
+}
+
 /// Total size of the request head as the limit counts it: target plus every name and value.
 pub fn request_head_size(req: &RequestHeader) -> usize {
     let target = req.raw_path().len();
@@ -443,6 +431,7 @@ pub fn request_head_size(req: &RequestHeader) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::{SessionCookie, session_cookie};
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("request");
@@ -626,15 +615,6 @@ mod tests {
     }
 
     #[test]
-    fn method_overrides_are_read_in_any_spelling() {
-        let r = req(&[
-            ("X_HTTP_Method_Override", "delete"),
-            ("x-method-override", "PUT"),
-        ]);
-        assert_eq!(effective_methods(&r), vec!["GET", "DELETE", "PUT"]);
-    }
-
-    #[test]
     fn impersonated_responses_lose_targeted_cache_directives() {
         let mut r = ResponseHeader::build(200, None).expect("response");
         for h in [
@@ -650,6 +630,18 @@ mod tests {
         let mut left: Vec<_> = r.headers.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["cache-control", "vary"]);
+    }
+
+    #[test]
+    fn header_values_encode_non_ascii_and_percent() {
+        assert_eq!(header_encode("José@x.io"), "Jos%C3%A9@x.io");
+        assert_eq!(
+            header_encode("%C3%A9"),
+            "%25C3%25A9",
+            "a literal % is encoded too"
+        );
+        assert_eq!(header_encode("é"), "%C3%A9");
+        assert_eq!(header_encode("a b,c"), "a b,c");
     }
 
     #[test]

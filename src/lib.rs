@@ -1,15 +1,18 @@
 //! sessiongate: a reverse-proxy authentication sidecar on Pingora.
 //!
-//! The request pipeline of SPEC.md is the module list: `site` (host -> site), `headers`
-//! (strip, cookie, inject), `token` (verify), `policy` (paths), `endpoints` (the proxy's own
-//! answers), `audit`, `metrics`, and `proxy`, the thin `ProxyHttp` that wires them together.
+//! The request pipeline of SPEC.md is the module list, one file per stage: `site` (host ->
+//! site), `token` (cookie -> verified identity -> tenant binding), `liveness` (is the
+//! impersonation live?), `policy` (paths, deny list, no session), `headers` (strip, forward,
+//! inject), `banner` (the streamed splice), `audit`. Around them: `response` (every answer the
+//! proxy makes itself), `endpoints` (`/.sessiongate/*` and the admin listener), `config`,
+//! `metrics`, `fanout` (Redis), `state`, `lifecycle`, and `proxy`, whose hooks only call the
+//! stages. The command line lives in `src/cli/`.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod banner;
 pub mod config;
-pub mod demo;
 pub mod endpoints;
 pub mod fanout;
 pub mod headers;
@@ -21,9 +24,10 @@ pub mod proxy;
 pub mod response;
 pub mod site;
 pub mod state;
+pub mod sync;
 pub mod token;
-pub mod tools;
 
+use banner::NoRandomness;
 use config::Config;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::L4BufferSettings;
@@ -38,8 +42,9 @@ use std::sync::Arc;
 pub const DOWNSTREAM_WRITE_BUFFER: usize = 8 * 1024;
 
 /// Builds the Pingora server for a validated config: the public proxy (HTTP/1.1 and h2c), the
-/// admin listener, and the lifecycle service (audit writer, reload, graceful stop).
-pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
+/// admin listener, and the lifecycle service (audit writer, reload, graceful stop). Fails only
+/// when the system has no randomness for the process's keys.
+pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoRandomness> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let conf = ServerConf {
         threads,
@@ -55,7 +60,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
     let listen = config.listen.to_string();
     let admin = config.admin.addr.to_string();
     let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
-    let shared = Arc::new(state::Shared::new(config, auditor));
+    let shared = Arc::new(state::Shared::new(config, auditor)?);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -92,13 +97,14 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
     server.add_service(proxy);
     server.add_service(admin_service);
     server.add_service(lifecycle);
-    server
+    Ok(server)
 }
 
 /// Runs until SIGTERM or SIGINT (both graceful).
-pub fn run(config: Config, config_path: Option<PathBuf>) {
-    let server = build(config, config_path);
+pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), NoRandomness> {
+    let server = build(config, config_path)?;
     server.run(RunArgs {
         shutdown_signal: Box::new(lifecycle::Signals),
     });
+    Ok(())
 }

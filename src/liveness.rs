@@ -1,18 +1,23 @@
-//! Is this impersonation still live? A reqwest client for the platform backend behind a moka
+//! Step 7, liveness: is this impersonation still live? A reqwest client for the platform backend behind a moka
 //! cache: live answers for `cache_ttl`, single-flight per sid, and `on_error` deny/stale.
 //! "Ended" is terminal: a late "live" never overwrites it, and it is remembered at least
 //! `ended_ttl` and until the latest expiry a token of that sid can have (as far as this
 //! replica has seen one), so a backend that later answers "live" by mistake cannot bring an
 //! ended session back while its tokens still verify.
 
-use crate::config::{LivenessConfig, OnError};
+use crate::audit::Auditor;
+use crate::config::{LivenessConfig, OnError, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
+use crate::response::{Refusal, is_navigation};
+use crate::token::{Identity, Session, clearing_cookie, now};
 use moka::Expiry;
 use moka::future::Cache;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use std::sync::Arc;
+use pingora::http::RequestHeader;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Bounded size of each cache (sids are short strings; 100k entries is a few MB).
 const MAX_ENTRIES: u64 = 100_000;
@@ -136,7 +141,7 @@ impl Expiry<String, u64> for UntilExp {
 const LONGEST_MEMORY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn seconds_until(unix: u64) -> Duration {
-    Duration::from_secs(unix.saturating_sub(crate::tools::now())).min(LONGEST_MEMORY)
+    Duration::from_secs(unix.saturating_sub(crate::token::now())).min(LONGEST_MEMORY)
 }
 
 /// Path-segment encoding: everything but unreserved characters, so a sid can never add a path
@@ -183,8 +188,8 @@ pub struct LivenessChecker {
     token_until: Cache<String, u64>,
     /// When each sid was last seen live, for `on_error = "stale"`.
     last_live: Cache<String, Timed>,
-    /// Where local ends go to reach the other replicas (Redis), when configured.
-    fanout: std::sync::OnceLock<Arc<crate::fanout::Fanout>>,
+    /// Where local ends go to reach the other replicas (the Redis fan-out owns the receiver).
+    outbox: OnceLock<mpsc::Sender<Ended>>,
 }
 
 impl Default for LivenessChecker {
@@ -209,7 +214,7 @@ impl LivenessChecker {
                 .expire_after(UntilExp)
                 .build(),
             last_live: timed_cache(),
-            fanout: std::sync::OnceLock::new(),
+            outbox: OnceLock::new(),
         }
     }
 
@@ -217,9 +222,9 @@ impl LivenessChecker {
         &self.http
     }
 
-    /// Sends every local end to the other replicas from now on.
-    pub fn set_fanout(&self, fanout: Arc<crate::fanout::Fanout>) {
-        let _ = self.fanout.set(fanout);
+    /// Sends every local end to `outbox` from now on (the fan-out to the other replicas).
+    pub fn send_ends_to(&self, outbox: mpsc::Sender<Ended>) {
+        let _ = self.outbox.set(outbox);
     }
 
     /// Marks a sid ended in this proxy at once (End endpoint, admin revoke) and tells the other
@@ -230,11 +235,22 @@ impl LivenessChecker {
         sid: &str,
         ended_ttl: Duration,
         token_until: Option<u64>,
-        ended_by: &str,
+        ended_by: &'static str,
     ) {
         let until = self.mark_ended_quietly(sid, ended_ttl, token_until).await;
-        if let Some(f) = self.fanout.get() {
-            f.publish(sid, ended_by, until);
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        let ended = Ended {
+            sid: sid.to_string(),
+            ended_by,
+            until,
+        };
+        if outbox.try_send(ended).is_err() {
+            tracing::warn!(
+                sid,
+                "revocation publish queue full; other replicas learn within cache_ttl"
+            );
         }
     }
 
@@ -452,8 +468,188 @@ pub async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, Backen
     Ok(body)
 }
 
-/// Shared handle type used by the proxy and the admin listener.
-pub type SharedLiveness = Arc<LivenessChecker>;
+/// A local end, on its way to the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub sid: String,
+    /// `tenant` (the End button), `admin` (a revoke) or `backend` (its answer).
+    pub ended_by: &'static str,
+    /// Until when a token of this sid can still verify, when known.
+    pub until: Option<u64>,
+}
+
+impl LivenessChecker {
+    /// `POST end_url`: ends the session at the backend. `Err` says why not.
+    pub async fn end(&self, cfg: &LivenessConfig, sid: &str, cookie: &str) -> Result<(), String> {
+        let mut req = self
+            .http
+            .post(sid_url(&cfg.end_url, sid))
+            .timeout(cfg.timeout.max(Duration::from_secs(2)))
+            .header("cookie", cookie)
+            .header("accept", "application/json");
+        if let Some(b) = &cfg.bearer {
+            req = req.bearer_auth(String::from_utf8_lossy(&b.0));
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp).await.unwrap_or_default();
+        if end_succeeded(status, &body) {
+            return Ok(());
+        }
+        Err(format!("backend answered {status}"))
+    }
+}
+
+/// Did `end_url` end the session? `2xx` and `410 Gone` did; another `4xx` (a `404` included,
+/// which is also what a wrong `end_url` answers) only when its body says the session is
+/// already ended.
+pub fn end_succeeded(status: u16, body: &[u8]) -> bool {
+    if (200..300).contains(&status) || status == 410 {
+        return true;
+    }
+    (400..500).contains(&status)
+        && String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("ended")
+}
+
+/// What an ended impersonation gets: navigations go to `after_end_url`, anything else a `401`;
+/// both clear the cookie.
+pub fn ended_refusal(req: &RequestHeader, site: &SiteConfig, token: &TokenConfig) -> Refusal {
+    let answer = if is_navigation(req) {
+        Refusal::redirect(302, site.after_end_url.clone(), "impersonation_ended")
+    } else {
+        Refusal::json(
+            401,
+            r#"{"error":"impersonation_ended"}"#,
+            "impersonation_ended",
+        )
+    };
+    answer.header("set-cookie", clearing_cookie(token))
+}
+
+/// What an impersonation gets while the backend cannot say whether it is live.
+pub fn unavailable() -> Refusal {
+    Refusal::error(
+        503,
+        "liveness_unavailable",
+        "The impersonation session cannot be checked right now. Try again shortly.",
+        "liveness_error",
+    )
+    .header("retry-after", "5".to_string())
+}
+
+/// The inputs of step 7 for one request.
+pub struct Admission<'a> {
+    pub cfg: &'a LivenessConfig,
+    pub token: &'a TokenConfig,
+    pub site: &'a SiteConfig,
+    pub req: &'a RequestHeader,
+    pub session: &'a Session,
+    /// Until when the session's token is honoured (`exp` plus leeway).
+    pub until: u64,
+}
+
+/// Step 7: an impersonation is honoured only while the backend says it is live. `Ok(true)`:
+/// impersonating; `Ok(false)`: not an impersonation token.
+pub async fn admit(
+    checker: &LivenessChecker,
+    a: Admission<'_>,
+    auditor: &Auditor,
+) -> Result<bool, Refusal> {
+    let Some(imp) = &a.session.identity.impersonation else {
+        return Ok(false);
+    };
+    let cookie = format!("{}={}", a.token.cookie, a.session.token);
+    match checker.check(a.cfg, &imp.sid, Some(&cookie), a.until).await {
+        Ok(Liveness::Live) => Ok(true),
+        Ok(Liveness::Ended) => {
+            let mut ev = a
+                .session
+                .identity
+                .audit_event("impersonation.ended_seen", &a.site.name);
+            ev.method = Some(a.req.method.to_string());
+            ev.path = Some(String::from_utf8_lossy(a.req.raw_path()).into_owned());
+            auditor.emit(ev);
+            Err(ended_refusal(a.req, a.site, a.token))
+        }
+        Err(e) => {
+            tracing::warn!(site = %a.site.name, error = %e, "impersonation refused: liveness unknown");
+            Err(unavailable())
+        }
+    }
+}
+
+/// A request asking to switch protocols (WebSocket).
+pub fn is_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key("upgrade")
+        && req.headers.get_all("connection").iter().any(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
+/// An upgraded (WebSocket) impersonating connection: closed on the first frame after its
+/// session ends or its token expires.
+pub struct SocketGuard {
+    ended: AtomicBool,
+    sid: String,
+    exp: u64,
+}
+
+impl SocketGuard {
+    /// Watches an upgraded impersonating connection: every `cache_ttl` (and at the token's
+    /// expiry) the session is checked again; an end flags the guard. The watcher stops when the
+    /// connection (the last strong handle) is gone.
+    pub fn watch(
+        checker: Arc<LivenessChecker>,
+        cfg: LivenessConfig,
+        id: &Identity,
+    ) -> Option<Arc<SocketGuard>> {
+        let imp = id.impersonation.as_ref()?;
+        let guard = Arc::new(SocketGuard {
+            ended: AtomicBool::new(false),
+            sid: imp.sid.clone(),
+            exp: id.exp,
+        });
+        let weak = Arc::downgrade(&guard);
+        tokio::spawn(async move {
+            loop {
+                let exp = weak.upgrade().map_or(0, |g| g.exp);
+                let left = Duration::from_secs(exp.saturating_sub(now()));
+                tokio::time::sleep(cfg.cache_ttl.min(left)).await;
+                let Some(g) = weak.upgrade() else { return };
+                let expired = now() >= g.exp;
+                let live = !expired
+                    && matches!(
+                        checker.check(&cfg, &g.sid, None, g.exp).await,
+                        Ok(Liveness::Live)
+                    );
+                if !live {
+                    g.ended.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        });
+        Some(guard)
+    }
+
+    /// Refuses a frame of an upgraded connection whose impersonation is over.
+    pub fn check(&self, checker: &LivenessChecker) -> pingora::Result<()> {
+        let over = self.ended.load(Ordering::Relaxed)
+            || now() >= self.exp
+            || checker.is_marked_ended(&self.sid);
+        if over {
+            self.ended.store(true, Ordering::Relaxed);
+            return Err(pingora::Error::explain(
+                pingora::ErrorType::Custom("impersonation_ended"),
+                "closing a WebSocket whose impersonation ended",
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -472,6 +668,42 @@ mod tests {
             sid_url("http://b/{sid}/x", "abc-1_2.3~"),
             "http://b/abc-1_2.3~/x"
         );
+    }
+
+    #[test]
+    fn end_url_answers() {
+        assert!(end_succeeded(200, b""));
+        assert!(end_succeeded(204, b""));
+        assert!(end_succeeded(410, b""));
+        assert!(end_succeeded(409, br#"{"code":"IMPERSONATION_ENDED"}"#));
+        assert!(end_succeeded(404, b"impersonation already ended"));
+        assert!(!end_succeeded(404, b"<h1>Not Found</h1>"));
+        assert!(!end_succeeded(404, b""));
+        assert!(!end_succeeded(500, b"ended"));
+        assert!(!end_succeeded(302, b""));
+    }
+
+    #[tokio::test]
+    async fn an_ended_sid_is_kept_while_a_token_of_it_lives() {
+        let l = LivenessChecker::new();
+        let soon = now() + 3600;
+        l.mark_ended_quietly("s", Duration::from_secs(1), None)
+            .await;
+        let entry = l.ended.get("s").await.expect("ended");
+        assert_eq!(entry.ttl, Duration::from_secs(1));
+        // A token of that sid that lives an hour keeps it ended an hour.
+        l.keep_ended("s", entry, soon).await;
+        let entry = l.ended.get("s").await.expect("ended");
+        assert!(entry.ttl >= Duration::from_secs(3590), "{entry:?}");
+        // A sid whose token was seen is ended until that token's end, even without one in hand.
+        l.saw_token("t", soon).await;
+        assert_eq!(
+            l.mark_ended_quietly("t", Duration::from_secs(1), None)
+                .await,
+            Some(soon)
+        );
+        let entry = l.ended.get("t").await.expect("ended");
+        assert!(entry.ttl >= Duration::from_secs(3590), "{entry:?}");
     }
 
     #[test]

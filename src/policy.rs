@@ -1,7 +1,10 @@
-//! Path decisions: one canonicalization used by every path rule (public paths, deny rules, the
-//! reserved prefix), and the deny-while-impersonating match.
+//! Steps 8 and 9, the policy: one path canonicalization used by every path rule (public paths,
+//! deny rules, the reserved prefix), the deny-while-impersonating decision, and what a request
+//! without a session gets. Pure functions over the request head: no sockets, no state.
 
-use crate::config::{DenyRule, SiteConfig};
+use crate::headers::folded_eq;
+use crate::response::{AuditNote, Refusal, is_navigation};
+use pingora::http::RequestHeader;
 
 /// The reserved prefix answered by the proxy itself.
 pub const RESERVED_PREFIX: &str = "/.sessiongate";
@@ -172,8 +175,32 @@ pub fn is_reserved(path: &CanonicalPath) -> bool {
     PathRule::Subtree(RESERVED_PREFIX.to_string()).matches(&path.path)
 }
 
+/// A deny-while-impersonating rule.
+#[derive(Debug, Clone)]
+pub struct DenyRule {
+    /// Upper-case method names; empty means every method.
+    pub methods: Vec<String>,
+    pub path: PathRule,
+}
+
+/// What a site does for a request without a session (step 9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Pass,
+    Reject,
+    Redirect { login_url: String },
+}
+
+/// A site's path rules.
+#[derive(Debug, Clone, Default)]
+pub struct SitePolicy {
+    /// Forwarded with no cookie work and no identity.
+    pub public_paths: Vec<PathRule>,
+    pub deny: Vec<DenyRule>,
+}
+
 /// Public paths skip cookie work. An ambiguous path is never public (fail closed).
-pub fn is_public(site: &SiteConfig, path: &CanonicalPath) -> bool {
+pub fn is_public(site: &SitePolicy, path: &CanonicalPath) -> bool {
     !path.ambiguous && site.public_paths.iter().any(|r| r.matches(&path.path))
 }
 
@@ -187,6 +214,118 @@ pub fn denied<'a>(
         (r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && r.path.matches(&path.path)
     })
+}
+
+/// Headers that ask an app to act as another method. Kept (apps use them), but deny rules
+/// judge the request by every method it names.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+];
+
+/// The request's method and every method an override header names, upper-cased. Override
+/// headers are matched with `_` read as `-`: Rack and WSGI read `X_HTTP_Method_Override` as
+/// `X-HTTP-Method-Override`.
+pub fn effective_methods(req: &RequestHeader) -> Vec<String> {
+    let mut out = vec![req.method.as_str().to_ascii_uppercase()];
+    for (name, v) in req.headers.iter() {
+        if !METHOD_OVERRIDES.iter().any(|h| folded_eq(name.as_str(), h)) {
+            continue;
+        }
+        let v = String::from_utf8_lossy(v.as_bytes());
+        out.extend(
+            v.split(',')
+                .map(|m| m.trim().to_ascii_uppercase())
+                .filter(|m| !m.is_empty()),
+        );
+    }
+    out
+}
+
+const FORBIDDEN_ATTEMPT: &str = "impersonation.forbidden_attempt";
+
+/// Step 8: what an impersonating request to this path gets, if it may not pass. An ambiguous
+/// path is refused on any route (its meaning depends on the app); a route on the deny list is
+/// refused for every method the request names. Both are audited.
+pub fn impersonation_refusal(
+    site: &SitePolicy,
+    req: &RequestHeader,
+    path: &CanonicalPath,
+) -> Option<Refusal> {
+    let (refusal, reason) = if path.ambiguous {
+        (
+            Refusal::error(
+                400,
+                "ambiguous_path",
+                "This path is ambiguous and is refused while impersonating.",
+                "denied",
+            ),
+            "ambiguous path".to_string(),
+        )
+    } else {
+        let methods = effective_methods(req);
+        let (method, rule) = methods
+            .iter()
+            .find_map(|m| denied(&site.deny, m, path).map(|r| (m, r)))?;
+        (
+            Refusal::error(
+                403,
+                "forbidden_while_impersonating",
+                "This action is not available while impersonating a user.",
+                "denied",
+            ),
+            format!(
+                "{method} {} is denied while impersonating",
+                rule.path.as_str()
+            ),
+        )
+    };
+    Some(
+        refusal
+            .header("vary", "Cookie".to_string())
+            .audited(AuditNote {
+                event: FORBIDDEN_ATTEMPT,
+                reason: Some(reason),
+                canonical_path: Some(path.path.clone()),
+            }),
+    )
+}
+
+/// Step 9: what a request without a session gets on this site, if it may not pass.
+pub fn unauthenticated_refusal(
+    rule: &Unauthenticated,
+    req: &RequestHeader,
+    host: &str,
+    scheme: &str,
+) -> Option<Refusal> {
+    match rule {
+        Unauthenticated::Pass => None,
+        Unauthenticated::Redirect { login_url } if is_navigation(req) => Some(Refusal::redirect(
+            302,
+            login_location(login_url, scheme, host, req),
+            "redirected",
+        )),
+        Unauthenticated::Reject | Unauthenticated::Redirect { .. } => Some(Refusal::error(
+            401,
+            "unauthenticated",
+            "Sign in to continue.",
+            "unauthenticated",
+        )),
+    }
+}
+
+/// The login URL with `{url}` = this request's URL on this site, percent-encoded. The path's
+/// leading slashes and backslashes collapse to one `/`, so the URL can never name another host.
+pub fn login_location(login_url: &str, scheme: &str, host: &str, req: &RequestHeader) -> String {
+    let target = req
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .trim_start_matches(['/', '\\']);
+    let url = format!("{scheme}://{host}/{target}");
+    let encoded = percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC);
+    login_url.replace("{url}", &encoded.to_string())
 }
 
 #[cfg(test)]
@@ -300,6 +439,101 @@ mod tests {
         assert!(PathRule::parse("assets").is_err());
         assert!(PathRule::parse("/a*b").is_err());
         assert!(PathRule::parse("/a;b").is_err());
+    }
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn login_location_stays_on_site() {
+        let r = req("//evil.com/x?a=1", &[]);
+        let loc = login_location(
+            "https://id.example/login?return_to={url}",
+            "http",
+            "cafe.example.com",
+            &r,
+        );
+        assert_eq!(
+            loc,
+            "https://id.example/login?return_to=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom%2Fx%3Fa%3D1"
+        );
+        let r = req("/\\evil.com", &[]);
+        let loc = login_location("/login?next={url}", "http", "cafe.example.com", &r);
+        assert_eq!(
+            loc,
+            "/login?next=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom"
+        );
+    }
+
+    #[test]
+    fn method_overrides_are_read_in_any_spelling() {
+        let r = req(
+            "/",
+            &[
+                ("X_HTTP_Method_Override", "delete"),
+                ("x-method-override", "PUT"),
+            ],
+        );
+        assert_eq!(effective_methods(&r), vec!["GET", "DELETE", "PUT"]);
+    }
+
+    fn site() -> SitePolicy {
+        SitePolicy {
+            public_paths: vec![],
+            deny: vec![DenyRule {
+                methods: vec!["POST".into()],
+                path: PathRule::parse("/settings/password").expect("rule"),
+            }],
+        }
+    }
+
+    #[test]
+    fn impersonation_refusals_are_decided_without_sockets() {
+        let site = site();
+        let path = canonical_path("/Settings//password/");
+        let get = req("/settings/password", &[]);
+        assert_eq!(impersonation_refusal(&site, &get, &path), None);
+        let overridden = req("/settings/password", &[("X_HTTP_Method_Override", "post")]);
+        let r = impersonation_refusal(&site, &overridden, &path).expect("denied");
+        assert_eq!(
+            (r.status, r.code(), r.outcome),
+            (403, "forbidden_while_impersonating", "denied")
+        );
+        let note = r.audit.expect("audited");
+        assert_eq!(note.event, "impersonation.forbidden_attempt");
+        assert_eq!(note.canonical_path.as_deref(), Some("/settings/password"));
+        assert_eq!(
+            note.reason.as_deref(),
+            Some("POST /settings/password is denied while impersonating")
+        );
+        let ambiguous = canonical_path("/anything%2Fat-all");
+        let r = impersonation_refusal(&site, &get, &ambiguous).expect("refused");
+        assert_eq!((r.status, r.code()), (400, "ambiguous_path"));
+    }
+
+    #[test]
+    fn a_request_without_a_session_gets_what_the_site_says() {
+        let nav = req("/orders", &[("Sec-Fetch-Mode", "navigate")]);
+        let api = req("/api", &[("Accept", "application/json")]);
+        assert_eq!(
+            unauthenticated_refusal(&Unauthenticated::Pass, &nav, "a.example", "http"),
+            None
+        );
+        let redirect = Unauthenticated::Redirect {
+            login_url: "/login?next={url}".into(),
+        };
+        let r = unauthenticated_refusal(&redirect, &nav, "a.example", "http").expect("redirect");
+        assert_eq!((r.status, r.outcome), (302, "redirected"));
+        let r = unauthenticated_refusal(&redirect, &api, "a.example", "http").expect("401");
+        assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+        let r = unauthenticated_refusal(&Unauthenticated::Reject, &nav, "a.example", "http")
+            .expect("401");
+        assert_eq!(r.status, 401);
     }
 
     #[test]

@@ -1,7 +1,16 @@
-//! Host -> Site: host normalization, exact and `*.` wildcard patterns, and `{tenant}` patterns.
+//! Step 2, the site: the request's host (Host, `:authority`, an absolute-form target), its
+//! normalization, exact and `*.` wildcard host patterns, `{tenant}` patterns, and the router
+//! from a host to the site serving it.
 
-use crate::config::{Config, SiteConfig, is_host_char};
+use crate::response::Refusal;
+use pingora::http::RequestHeader;
+use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
 use std::collections::HashMap;
+
+/// A character allowed in a (lower-case) host name.
+pub fn is_host_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
@@ -114,47 +123,159 @@ fn is_port(p: &str) -> bool {
     !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Chooses the site for a normalized host: an exact host wins, then the longest wildcard.
-#[derive(Debug, Clone, Default)]
-pub struct Router {
-    exact: HashMap<String, usize>,
-    /// (suffix, site index), longest suffix first.
-    wildcards: Vec<(String, usize)>,
+/// Why a request cannot be routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostError {
+    Missing,
+    Duplicate,
+    Invalid,
+    /// Absolute-form target (or HTTP/2 `:authority`) naming a different host than `Host`.
+    Mismatch,
 }
 
-impl Router {
-    pub fn new(config: &Config) -> Router {
-        let mut r = Router::default();
-        for (i, site) in config.sites.iter().enumerate() {
-            r.add(i, site);
+impl From<HostError> for Refusal {
+    fn from(e: HostError) -> Refusal {
+        tracing::info!(error = ?e, "unroutable host");
+        Refusal::bad_request("The request's host is missing or inconsistent.").closing()
+    }
+}
+
+/// The request's host, as sent and normalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHost {
+    /// As sent (Host header or `:authority`, with its port): the upstream's Host and the
+    /// origin the proxy's own URLs and the End form's origin check use.
+    pub authority: String,
+    /// Lower-case, no port, no trailing dot: what sites are chosen by.
+    pub host: String,
+}
+
+/// The request's host: `:authority` / absolute-form target first, checked against `Host`.
+pub fn request_host(req: &RequestHeader) -> Result<RequestHost, HostError> {
+    let hosts: Vec<_> = req.headers.get_all("host").iter().collect();
+    if hosts.len() > 1 {
+        return Err(HostError::Duplicate);
+    }
+    let header = match hosts.first() {
+        Some(v) => Some(v.to_str().map_err(|_| HostError::Invalid)?),
+        None => None,
+    };
+    // HTTP/2 carries `:authority` in the URI; an HTTP/1.1 absolute-form target keeps its
+    // authority only in the raw target, classified by Pingora's own parser.
+    let absolute = match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute { authority, .. } => {
+            Some(std::str::from_utf8(authority).map_err(|_| HostError::Invalid)?)
+        }
+        RawTargetAuthority::AmbiguousAuthority => return Err(HostError::Invalid),
+        RawTargetAuthority::None => None,
+    };
+    let authority = req.uri.authority().map(|a| a.as_str()).or(absolute);
+    let raw = match (authority, header) {
+        (Some(a), Some(h)) => {
+            let (na, nh) = (normalize_host(a), normalize_host(h));
+            if na.is_none() || na != nh {
+                return Err(HostError::Mismatch);
+            }
+            h
+        }
+        (Some(a), None) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err(HostError::Missing),
+    };
+    let host = normalize_host(raw).ok_or(HostError::Invalid)?;
+    Ok(RequestHost {
+        authority: raw.to_string(),
+        host,
+    })
+}
+
+/// Chooses the site for a normalized host: an exact host wins, then the longest wildcard.
+/// `T` is whatever the caller keeps per site (a handle to its config).
+#[derive(Debug, Clone)]
+pub struct Router<T> {
+    exact: HashMap<String, T>,
+    /// (suffix, site), longest suffix first.
+    wildcards: Vec<(String, T)>,
+}
+
+impl<T> Router<T> {
+    /// The first site of a host wins (config validation refuses a host defined twice).
+    pub fn new<'p>(sites: impl IntoIterator<Item = (&'p HostPattern, T)>) -> Router<T> {
+        let mut r = Router {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+        };
+        for (pattern, site) in sites {
+            match pattern {
+                HostPattern::Exact(h) => {
+                    r.exact.entry(h.clone()).or_insert(site);
+                }
+                HostPattern::Wildcard(s) => r.wildcards.push((s.clone(), site)),
+            }
         }
         r.wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         r
     }
 
-    fn add(&mut self, i: usize, site: &SiteConfig) {
-        match &site.host {
-            HostPattern::Exact(h) => {
-                self.exact.entry(h.clone()).or_insert(i);
-            }
-            HostPattern::Wildcard(s) => self.wildcards.push((s.clone(), i)),
-        }
-    }
-
-    pub fn route(&self, host: &str) -> Option<usize> {
-        if let Some(i) = self.exact.get(host) {
-            return Some(*i);
+    pub fn route(&self, host: &str) -> Option<&T> {
+        if let Some(site) = self.exact.get(host) {
+            return Some(site);
         }
         self.wildcards
             .iter()
             .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|(_, i)| *i)
+            .map(|(_, site)| site)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn host_selection() {
+        let ok = req("/", &[("Host", "Cafe.Example.com:8080")]);
+        assert_eq!(
+            request_host(&ok),
+            Ok(RequestHost {
+                authority: "Cafe.Example.com:8080".into(),
+                host: "cafe.example.com".into()
+            })
+        );
+        let abs = req("http://cafe.example.com/x", &[("Host", "cafe.example.com")]);
+        assert!(request_host(&abs).is_ok());
+        let mismatch = req("http://evil.example.com/x", &[("Host", "cafe.example.com")]);
+        assert_eq!(request_host(&mismatch), Err(HostError::Mismatch));
+        let dup = req("/", &[("Host", "a.example"), ("Host", "b.example")]);
+        assert_eq!(request_host(&dup), Err(HostError::Duplicate));
+        assert_eq!(request_host(&req("/", &[])), Err(HostError::Missing));
+        assert_eq!(
+            request_host(&req("/", &[("Host", "a b")])),
+            Err(HostError::Invalid)
+        );
+    }
+
+    #[test]
+    fn exact_hosts_win_then_the_longest_wildcard() {
+        let pats = [
+            HostPattern::parse("*.example.com").expect("p"),
+            HostPattern::parse("*.shop.example.com").expect("p"),
+            HostPattern::parse("acme.shop.example.com").expect("p"),
+        ];
+        let r = Router::new(pats.iter().zip(["wild", "shop", "acme"]));
+        assert_eq!(r.route("acme.shop.example.com"), Some(&"acme"));
+        assert_eq!(r.route("x.shop.example.com"), Some(&"shop"));
+        assert_eq!(r.route("x.example.com"), Some(&"wild"));
+        assert_eq!(r.route("example.com"), None);
+    }
 
     #[test]
     fn normalizes_case_port_and_trailing_dot() {

@@ -1,9 +1,10 @@
 //! What the proxy holds while it runs: the current config snapshot (swapped atomically on
-//! reload; a request keeps the snapshot it started with), the audit queue, in-flight count.
+//! reload; a request keeps the snapshot it started with), the audit queue, the liveness cache
+//! and the Redis fan-out (both survive reloads), and the in-flight count.
 
 use crate::audit::Auditor;
-use crate::banner::{Assets, CsrfKey};
-use crate::config::Config;
+use crate::banner::{Assets, CsrfKey, NoRandomness};
+use crate::config::{Config, SiteConfig};
 use crate::fanout::Fanout;
 use crate::headers::IdentityHeaders;
 use crate::liveness::LivenessChecker;
@@ -18,7 +19,7 @@ pub struct Snapshot {
     pub config: Config,
     pub assets: Assets,
     pub csrf: CsrfKey,
-    pub router: Router,
+    pub router: Router<Arc<SiteConfig>>,
     pub verifier: Verifier,
     pub names: IdentityHeaders,
 }
@@ -40,7 +41,7 @@ impl Snapshot {
         Snapshot {
             assets: Assets::new(&config.banner.color),
             csrf,
-            router: Router::new(&config),
+            router: Router::new(config.sites.iter().map(|s| (&s.host, s.clone()))),
             verifier: Verifier::new(&config.token),
             names: IdentityHeaders::new(&config.header_prefix),
             config,
@@ -52,7 +53,7 @@ pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub auditor: Auditor,
     /// Survives reloads: the cache and the backend client's pool.
-    pub liveness: LivenessChecker,
+    pub liveness: Arc<LivenessChecker>,
     /// The Redis revocation fan-out, when `liveness.redis_url_env` is set (read at start).
     pub fanout: Option<Arc<Fanout>>,
     process_key: Vec<u8>,
@@ -60,25 +61,26 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, auditor: Auditor) -> Shared {
-        let process_key = CsrfKey::random();
-        let liveness = LivenessChecker::new();
+    /// Fails only when the system has no randomness for the process's CSRF key.
+    pub fn new(config: Config, auditor: Auditor) -> Result<Shared, NoRandomness> {
+        let process_key = CsrfKey::random()?;
+        let liveness = Arc::new(LivenessChecker::new());
         let fanout = config
             .liveness
             .redis_url
             .as_ref()
             .map(|_| Arc::new(Fanout::new()));
         if let Some(f) = &fanout {
-            liveness.set_fanout(f.clone());
+            liveness.send_ends_to(f.outbox());
         }
-        Shared {
+        Ok(Shared {
             fanout,
             current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
             process_key,
             auditor,
             liveness,
             inflight: AtomicUsize::new(0),
-        }
+        })
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

@@ -1,16 +1,106 @@
-//! Cookie header -> verified claims -> `Identity`. The algorithm is pinned by config and never
-//! read from the token; `exp` is required; every claim that becomes a header is checked here.
+//! Steps 4-6, the token: the session cookie (parsed as bytes) -> verified claims -> `Identity`
+//! -> bound to the tenant the host names (`authenticate`). The algorithm is pinned by config and
+//! never read from the token; `exp` is required; every claim that becomes a header is checked
+//! here. The proxy's clock lives here too, since tokens are what it is read for.
 
-use crate::config::{KeySource, TokenConfig};
+use crate::audit::{AuditEvent, Auditor};
+use crate::config::{KeySource, SiteConfig, TokenConfig};
+use crate::metrics::METRICS;
 use arc_swap::ArcSwap;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Validation, decode};
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use pingora::http::RequestHeader;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// What the `Cookie` headers say about the session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCookie {
+    Absent,
+    One(String),
+    /// Several cookies of that name with different values: cookie tossing from a sibling
+    /// subdomain is indistinguishable from the real one, so there is no session.
+    Conflict,
+}
+
+/// The `name=value` pairs of every `Cookie` header, as bytes. A `Cookie` header is bytes, not
+/// text: browsers send what `document.cookie` set (UTF-8 included), and a sibling subdomain can
+/// plant such a cookie on the parent domain. So one odd byte never hides the rest of the header:
+/// pairs are split on `;` and trimmed, whatever they hold.
+pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
+    req.headers
+        .get_all("cookie")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+/// A pair's name and value (both trimmed); a pair without `=` has an empty value.
+pub fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
+    match pair.iter().position(|b| *b == b'=') {
+        Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
+        None => (pair.trim_ascii(), &[]),
+    }
+}
+
+/// RFC 6265 cookie-value: cookie-octets, optionally inside double quotes. `None` when the value
+/// holds anything else (such a value is never a session).
+pub fn cookie_value(value: &[u8]) -> Option<&[u8]> {
+    let inner = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        v => v,
+    };
+    let octet = |b: &u8| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
+    inner.iter().all(octet).then_some(inner)
+}
+
+/// Finds the session cookie by exact (case-sensitive) name. Pairs of other names are never
+/// looked at beyond their name, so their bytes do not matter. A session-named pair whose value
+/// is not a valid cookie-value still counts (as a value no token can match), so that it cannot
+/// be used to win against a conflicting one.
+pub fn session_cookie(req: &RequestHeader, name: &str) -> SessionCookie {
+    let mut found: Option<&[u8]> = None;
+    for pair in cookie_pairs(req) {
+        let (n, v) = split_pair(pair);
+        if n != name.as_bytes() {
+            continue;
+        }
+        let v = cookie_value(v).unwrap_or(v);
+        match found {
+            None => found = Some(v),
+            Some(prev) if prev == v => {}
+            Some(_) => return SessionCookie::Conflict,
+        }
+    }
+    match found {
+        Some(v) => SessionCookie::One(String::from_utf8_lossy(v).into_owned()),
+        None => SessionCookie::Absent,
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `Set-Cookie` that clears the platform's session cookie (on the configured domain).
+pub fn clearing_cookie(cfg: &TokenConfig) -> String {
+    let domain = cfg
+        .cookie_domain
+        .as_deref()
+        .map(|d| format!("; Domain={d}"))
+        .unwrap_or_default();
+    format!(
+        "{}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{domain}; Path=/; Secure; HttpOnly; SameSite=Lax",
+        cfg.cookie
+    )
+}
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -80,6 +170,81 @@ pub struct Identity {
     pub impersonation: Option<Impersonation>,
     pub exp: u64,
     pub iat: Option<u64>,
+}
+
+impl Identity {
+    /// An audit event about this identity: who, on whose behalf, which impersonation.
+    pub fn audit_event(&self, event: &'static str, site: &str) -> AuditEvent {
+        let mut ev = AuditEvent::new(event, site);
+        ev.user_id = Some(self.user_id.clone());
+        ev.tenant_id = self.tenant_id.clone();
+        if let Some(imp) = &self.impersonation {
+            ev.sid = Some(imp.sid.clone());
+            ev.admin_id = imp.admin_id.clone();
+            ev.admin_email = imp.admin_email.clone();
+        }
+        ev
+    }
+}
+
+/// A request's verified session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub identity: Identity,
+    /// The cookie's value, as sent.
+    pub token: String,
+}
+
+/// Steps 4-6: the session cookie, verified, bound to the tenant the host names. `None` = no
+/// session (the reason is logged and counted, a tenant mismatch audited; the token never is).
+pub async fn authenticate(
+    verifier: &Verifier,
+    site: &SiteConfig,
+    req: &RequestHeader,
+    host: &str,
+    auditor: &Auditor,
+) -> Option<Session> {
+    let token = match session_cookie(req, &verifier.config.cookie) {
+        SessionCookie::Absent => return None,
+        SessionCookie::Conflict => {
+            METRICS.cookie_conflicts.inc();
+            tracing::warn!(site = %site.name, "several different session cookies: no session");
+            return None;
+        }
+        SessionCookie::One(t) => t,
+    };
+    let mut identity = match verifier.verify_fresh(&token).await {
+        Ok(id) => id,
+        Err(e) => {
+            METRICS.token_rejected.with_label_values(&[e.label()]).inc();
+            tracing::info!(site = %site.name, reason = %e, "session cookie refused");
+            return None;
+        }
+    };
+    if let Some(pattern) = &site.tenant_from_host {
+        let host_tenant = pattern.tenant(host);
+        let bound = matches!((host_tenant, &identity.tenant_id),
+            (Some(h), Some(t)) if h.eq_ignore_ascii_case(t));
+        if !bound {
+            METRICS
+                .token_rejected
+                .with_label_values(&["tenant_mismatch"])
+                .inc();
+            let mut ev = identity.audit_event("tenant_mismatch", &site.name);
+            ev.method = Some(req.method.to_string());
+            ev.path = Some(req.uri.path().to_string());
+            ev.reason = Some(format!(
+                "host names tenant {}",
+                host_tenant.unwrap_or("(none)")
+            ));
+            auditor.emit(ev);
+            return None;
+        }
+        // The binding compares case-insensitively; the app gets the host's (lower-case) form,
+        // so one tenant never reaches it under two spellings.
+        identity.tenant_id = host_tenant.map(str::to_string);
+    }
+    Some(Session { identity, token })
 }
 
 /// A JWKS refresh is asked for by tokens with an unknown `kid`; this bounds how often an
@@ -186,10 +351,7 @@ struct UntilExpiry(u64);
 
 impl moka::Expiry<String, Identity> for UntilExpiry {
     fn expire_after_create(&self, _k: &String, id: &Identity, _at: Instant) -> Option<Duration> {
-        let left = id
-            .exp
-            .saturating_add(self.0)
-            .saturating_sub(crate::tools::now());
+        let left = id.exp.saturating_add(self.0).saturating_sub(now());
         Some(Duration::from_secs(left).min(VERIFIED_TTL))
     }
 }
@@ -251,7 +413,7 @@ impl Verifier {
             && let Some(id) = cache.get(token)
         {
             // The entry expires with the token, but a clock read keeps it exact.
-            if crate::tools::now() < id.exp.saturating_add(self.config.leeway.as_secs()) {
+            if now() < id.exp.saturating_add(self.config.leeway.as_secs()) {
                 return Ok(id);
             }
             cache.invalidate(token);
@@ -328,17 +490,6 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
         v = v.get(key)?;
     }
     (!v.is_null()).then_some(v)
-}
-
-/// Percent-encoded in header values: `%` itself, so that an encoded value and a literal one
-/// can never read the same (`%C3%A9` arrives as `%25C3%25A9`, `é` as `%C3%A9`), every non-ASCII
-/// byte, and controls (which never get this far: they reject the token).
-const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
-
-/// A claim value as it goes into a header: `%` and non-ASCII percent-encoded as UTF-8, so a
-/// standard percent-decoder gives the claim back exactly.
-pub fn header_encode(value: &str) -> String {
-    utf8_percent_encode(value, HEADER_ENCODED).to_string()
 }
 
 /// A claim value as the token has it: a string or a number; empty or blank, or holding control
@@ -477,13 +628,7 @@ mod tests {
         assert_eq!(id.user_id, "u1");
         assert_eq!(id.tenant_id.as_deref(), Some("7"));
         assert_eq!(id.email.as_deref(), Some("José@x.io"));
-        assert_eq!(header_encode("José@x.io"), "Jos%C3%A9@x.io");
-        assert_eq!(
-            header_encode("%C3%A9"),
-            "%25C3%25A9",
-            "a literal % is encoded too"
-        );
-        assert_eq!(header_encode("é"), "%C3%A9");
+
         assert_eq!(id.roles.as_deref(), Some("admin,staff"));
         assert_eq!(id.impersonation, None);
     }

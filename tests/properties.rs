@@ -4,9 +4,10 @@
 
 use pingora::http::RequestHeader;
 use proptest::prelude::*;
-use sessiongate::headers::{SessionCookie, remove_session_cookie, session_cookie};
+use sessiongate::headers::remove_session_cookie;
 use sessiongate::policy::{PathRule, canonical_path};
 use sessiongate::token::{MAX_TOKEN_LEN, precheck};
+use sessiongate::token::{SessionCookie, session_cookie};
 
 fn request_with_cookie(value: &str) -> Option<RequestHeader> {
     let mut r = RequestHeader::build("GET", b"/", None).ok()?;

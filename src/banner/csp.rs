@@ -105,8 +105,10 @@ fn allows_same_origin(d: &Directive, host: &str) -> bool {
 }
 
 /// Edits one policy (a header value may hold several, comma-separated: each is edited).
-/// `authority` is the request's host as sent (host[:port]); `nonce` the per-response nonce.
-pub fn edit(policy_list: &str, authority: &str, nonce: &str) -> Edited {
+/// `authority` is the request's host as sent (host[:port]); `nonce` the per-response nonce
+/// (`None` when none could be drawn: a `'strict-dynamic'` script directive is then left as it is,
+/// and the banner shows without its script).
+pub fn edit(policy_list: &str, authority: &str, nonce: Option<&str>) -> Edited {
     let host = authority
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
@@ -132,11 +134,14 @@ pub fn edit(policy_list: &str, authority: &str, nonce: &str) -> Edited {
                 if !strict && allows_same_origin(d, &host) {
                     continue;
                 }
-                d.sources.retain(|s| !s.eq_ignore_ascii_case("'none'"));
                 if strict {
-                    d.sources.push(format!("'nonce-{nonce}'"));
-                    script_nonce = true;
+                    if let Some(nonce) = nonce {
+                        d.sources.retain(|s| !s.eq_ignore_ascii_case("'none'"));
+                        d.sources.push(format!("'nonce-{nonce}'"));
+                        script_nonce = true;
+                    }
                 } else {
+                    d.sources.retain(|s| !s.eq_ignore_ascii_case("'none'"));
                     d.sources.push(format!("{authority}{}", need.path()));
                 }
             }
@@ -160,7 +165,7 @@ mod tests {
         let e = edit(
             "script-src 'self' 'unsafe-inline'; style-src 'self'",
             A,
-            "N",
+            Some("N"),
         );
         assert_eq!(
             e.policy,
@@ -174,7 +179,7 @@ mod tests {
         let e = edit(
             "script-src 'unsafe-inline'; style-src 'unsafe-inline'",
             A,
-            "N",
+            Some("N"),
         );
         assert!(!e.policy.contains("nonce"), "{}", e.policy);
         assert!(
@@ -190,15 +195,22 @@ mod tests {
 
     #[test]
     fn strict_dynamic_gets_the_nonce() {
-        let e = edit("script-src 'nonce-abc' 'strict-dynamic'", A, "N");
+        let e = edit("script-src 'nonce-abc' 'strict-dynamic'", A, Some("N"));
         assert_eq!(
             e.policy,
             "script-src 'nonce-abc' 'strict-dynamic' 'nonce-N'"
         );
         assert!(e.script_nonce);
         // 'self' is ignored under strict-dynamic.
-        let e = edit("script-src 'self' 'strict-dynamic' 'nonce-x'", A, "N");
+        let e = edit("script-src 'self' 'strict-dynamic' 'nonce-x'", A, Some("N"));
         assert!(e.script_nonce);
+    }
+
+    #[test]
+    fn without_a_nonce_strict_dynamic_is_left_alone() {
+        let e = edit("script-src 'nonce-abc' 'strict-dynamic'", A, None);
+        assert_eq!(e.policy, "script-src 'nonce-abc' 'strict-dynamic'");
+        assert!(!e.script_nonce);
     }
 
     #[test]
@@ -206,13 +218,13 @@ mod tests {
         let e = edit(
             "default-src 'none'; script-src 'nonce-abc'; style-src 'self'",
             A,
-            "N",
+            Some("N"),
         );
         assert_eq!(
             e.policy,
             "default-src 'none'; script-src 'nonce-abc' cafe.example:8080/.sessiongate/banner.js; style-src 'self'"
         );
-        let e = edit("default-src 'none'", A, "N");
+        let e = edit("default-src 'none'", A, Some("N"));
         assert_eq!(
             e.policy,
             "default-src cafe.example:8080/.sessiongate/banner.js cafe.example:8080/.sessiongate/banner.css"
@@ -221,12 +233,12 @@ mod tests {
 
     #[test]
     fn form_action_gets_the_end_url() {
-        let e = edit("form-action 'none'", A, "N");
+        let e = edit("form-action 'none'", A, Some("N"));
         assert_eq!(
             e.policy,
             "form-action cafe.example:8080/.sessiongate/end-impersonation"
         );
-        let e = edit("form-action 'self'", A, "N");
+        let e = edit("form-action 'self'", A, Some("N"));
         assert_eq!(e.policy, "form-action 'self'");
     }
 
@@ -235,18 +247,18 @@ mod tests {
         let e = edit(
             "script-src https://cafe.example, script-src *.example",
             A,
-            "N",
+            Some("N"),
         );
         assert_eq!(
             e.policy,
             "script-src https://cafe.example, script-src *.example"
         );
-        let e = edit("script-src https://cdn.other", A, "N");
+        let e = edit("script-src https://cdn.other", A, Some("N"));
         assert_eq!(
             e.policy,
             "script-src https://cdn.other cafe.example:8080/.sessiongate/banner.js"
         );
-        let e = edit("img-src 'none'", A, "N");
+        let e = edit("img-src 'none'", A, Some("N"));
         assert_eq!(e.policy, "img-src 'none'");
     }
 }

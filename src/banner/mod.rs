@@ -1,15 +1,20 @@
-//! The impersonation banner: when to splice it, the header fixes that go with a changed body,
-//! the CSRF token of its End form, and the assets. The streaming itself is `rewrite`.
+//! The banner stage: whether an impersonated response gets the banner, the header fixes that go
+//! with a changed body, the CSRF token of its End form, and the assets. The streaming itself
+//! is `rewrite` (decoding in `encoding`, the markup in `markup`, policy edits in `csp`).
 
 pub mod csp;
 pub mod encoding;
 pub mod markup;
 pub mod rewrite;
 
+use crate::metrics::METRICS;
+use crate::token::Identity;
 use aws_lc_rs::hmac;
 use base64::Engine;
 use encoding::{Coding, OutCoding};
+use markup::BannerInfo;
 use pingora::http::{RequestHeader, ResponseHeader};
+use rewrite::{BannerStream, Splice};
 
 /// Why an impersonated response gets no banner (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +100,78 @@ pub fn decide(
     coding.ok_or(Skip::UnknownEncoding)
 }
 
-/// For an impersonated document request: no conditional or range request (a 304 or 206 would
-/// show a page without the banner), and identity from the upstream where it agrees.
-pub fn prepare_upstream_request(req: &mut RequestHeader) -> pingora::Result<()> {
+/// What the banner of one response needs besides the request and response heads.
+pub struct Page<'a> {
+    /// The site's `banner` switch.
+    pub enabled: bool,
+    pub identity: &'a Identity,
+    /// The request's host as sent (host[:port]): the origin of the banner's own URLs.
+    pub authority: &'a str,
+    pub csrf: &'a CsrfKey,
+    pub assets_version: &'a str,
+}
+
+/// The banner stage, for an impersonated response: decides whether it gets the banner (a
+/// skip is counted by reason), fixes the headers that go with a changed body and sets up the
+/// streaming splice.
+pub fn start(
+    req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    page: Page<'_>,
+) -> pingora::Result<Option<BannerStream>> {
+    let Some(imp) = &page.identity.impersonation else {
+        return Ok(None);
+    };
+    let coding = match decide(req, resp, page.enabled) {
+        Ok(c) => c,
+        Err(skip) => {
+            METRICS
+                .banner_skipped
+                .with_label_values(&[skip.label()])
+                .inc();
+            return Ok(None);
+        }
+    };
+    let out = encoding::choose(header(&req.headers, "accept-encoding"));
+    let nonce = Nonce::default();
+    let chunked = req.version == http::Version::HTTP_11;
+    let script_nonce = fix_response_headers(resp, out, page.authority, &nonce, chunked)?;
+    let id = page.identity;
+    let info = BannerInfo {
+        target: id.email.clone().unwrap_or_else(|| id.user_id.clone()),
+        tenant: id.tenant_id.clone(),
+        admin_email: imp.admin_email.clone(),
+        reason: imp.reason.clone(),
+        expires: id.exp,
+        csrf: page.csrf.token(&imp.sid),
+        origin: format!("//{}", page.authority),
+    };
+    let version = page.assets_version.to_string();
+    let splice = Splice {
+        render: Box::new(move |nonce| markup::banner_html(&info, nonce, &version)),
+        authority: page.authority.to_string(),
+        nonce,
+        script_nonce,
+    };
+    let stream = BannerStream::new(coding, out, splice).map_err(|e| {
+        pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            format!("banner setup: {e}"),
+        )
+    })?;
+    Ok(Some(stream))
+}
+
+/// For an impersonated document request (`impersonating` on a site with the banner): no
+/// conditional or range request (a 304 or 206 would show a page without the banner), and
+/// identity from the upstream where it agrees.
+pub fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    impersonating: bool,
+) -> pingora::Result<()> {
+    if !impersonating || wants_document(req).is_err() {
+        return Ok(());
+    }
     for h in [
         "if-none-match",
         "if-modified-since",
@@ -171,36 +245,39 @@ pub fn fix_response_headers(
     Ok(script_nonce)
 }
 
-/// `n` random bytes from the system RNG. Should the RNG fail (it does not on Linux), the clock
-/// stands in: these values only tell the proxy's own script and forms apart, per response or
-/// per process, and a config can always name a CSRF secret.
-fn random_bytes(n: usize) -> Vec<u8> {
+/// The system RNG failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct NoRandomness;
+
+/// `n` random bytes from the system RNG. There is no fallback: these values keep the page's
+/// CSP and the End form safe, and a predictable one would not.
+fn random_bytes(n: usize) -> Result<Vec<u8>, NoRandomness> {
     let mut b = vec![0u8; n];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        tracing::error!("system RNG failed; using the clock");
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-            .to_le_bytes();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = t[i % t.len()];
-        }
-    }
-    b
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| NoRandomness)?;
+    Ok(b)
 }
 
 /// A fresh per-response nonce.
-pub fn nonce() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(16))
+pub fn nonce() -> Result<String, NoRandomness> {
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(16)?))
 }
 
-/// A response's nonce, drawn the first time a policy needs it (most pages have no CSP).
+/// A response's nonce, drawn the first time a policy needs it (most pages have no CSP). `None`
+/// when the RNG failed: the page's policy then stays as it is and the banner shows without its
+/// script.
 #[derive(Debug, Default)]
-pub struct Nonce(std::sync::OnceLock<String>);
+pub struct Nonce(std::sync::OnceLock<Option<String>>);
 
 impl Nonce {
-    pub fn get(&self) -> &str {
-        self.0.get_or_init(nonce)
+    pub fn get(&self) -> Option<&str> {
+        self.0
+            .get_or_init(|| {
+                nonce()
+                    .inspect_err(|e| tracing::error!(error = %e, "no nonce for the banner"))
+                    .ok()
+            })
+            .as_deref()
     }
 
     pub fn is_drawn(&self) -> bool {
@@ -210,7 +287,7 @@ impl Nonce {
 
 impl From<&str> for Nonce {
     fn from(value: &str) -> Nonce {
-        Nonce(std::sync::OnceLock::from(value.to_string()))
+        Nonce(std::sync::OnceLock::from(Some(value.to_string())))
     }
 }
 
@@ -222,8 +299,9 @@ impl CsrfKey {
         CsrfKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
-    /// A key for this process only (no `csrf_secret_env`).
-    pub fn random() -> Vec<u8> {
+    /// A key for this process only (no `csrf_secret_env`). Without randomness the proxy does
+    /// not start: a guessable key would let any page end an admin's impersonation.
+    pub fn random() -> Result<Vec<u8>, NoRandomness> {
         random_bytes(32)
     }
 
@@ -371,10 +449,10 @@ mod tests {
             fix_response_headers(&mut strict, OutCoding::Gzip, "cafe.example", &nonce, true)
                 .expect("fix");
         assert!(needs && nonce.is_drawn());
-        let drawn = nonce.get().to_string();
+        let drawn = nonce.get().expect("a nonce").to_string();
         assert_eq!(drawn.len(), 22, "16 random bytes, base64url");
-        assert_eq!(nonce.get(), drawn, "one nonce per response");
-        assert_ne!(Nonce::default().get(), drawn);
+        assert_eq!(nonce.get(), Some(drawn.as_str()), "one nonce per response");
+        assert_ne!(Nonce::default().get(), Some(drawn.as_str()));
     }
 
     #[test]

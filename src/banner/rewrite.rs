@@ -3,6 +3,7 @@
 
 use crate::banner::encoding::{Coding, Decoder, Encoder, OutCoding};
 use crate::banner::{Nonce, csp};
+use crate::sync::lock;
 use lol_html::html_content::ContentType;
 use lol_html::html_content::Element;
 use lol_html::send::SendHandlerTypes;
@@ -12,7 +13,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// lol_html's own buffer limit: a tag or attribute larger than this stops the rewriting; the
 /// rest of the page passes through unchanged (graceful bail-out).
@@ -65,10 +66,6 @@ pub struct Splice {
     pub nonce: Nonce,
     /// Set when the CSP headers already need the nonce on the script.
     pub script_nonce: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct ToEncoder(Arc<Mutex<Encoder>>);
@@ -190,7 +187,8 @@ impl BannerStream {
                     if !body_inserted.swap(true, Ordering::Relaxed) {
                         let nonce = body_nonce
                             .load(Ordering::Relaxed)
-                            .then(|| body_splice.nonce.get());
+                            .then(|| body_splice.nonce.get())
+                            .flatten();
                         el.prepend(&(body_splice.render)(nonce), ContentType::Html);
                     }
                     Ok(())
@@ -246,6 +244,47 @@ impl BannerStream {
         lock(&self.encoder)
             .take()
             .map_err(|e| SpliceError::Rewrite(e.to_string()))
+    }
+
+    /// One call of the response body filter: replaces `body` with the client's bytes (none
+    /// while they are not ready; an empty chunk would read as the end of a chunked body), and at
+    /// the end counts whether the banner went in.
+    pub fn filter(
+        &mut self,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+    ) -> Result<(), SpliceError> {
+        let mut out = match body.take() {
+            Some(chunk) => self.push(&chunk),
+            None => Ok(Vec::new()),
+        };
+        if end_of_stream && let Ok(bytes) = &mut out {
+            match self.finish() {
+                Ok(tail) => bytes.extend(tail),
+                Err(e) => out = Err(e),
+            }
+            if self.inserted() {
+                crate::metrics::METRICS.banners_spliced.inc();
+            } else {
+                crate::metrics::METRICS
+                    .banner_skipped
+                    .with_label_values(&["no_body_tag"])
+                    .inc();
+            }
+        }
+        match out {
+            Ok(bytes) => {
+                *body = (!bytes.is_empty()).then(|| bytes::Bytes::from(bytes));
+                Ok(())
+            }
+            Err(e) => {
+                crate::metrics::METRICS
+                    .banner_skipped
+                    .with_label_values(&["body_error"])
+                    .inc();
+                Err(e)
+            }
+        }
     }
 
     /// The upstream body ended: flush everything.

@@ -1,4 +1,8 @@
 //! The `sessiongate` command: parses arguments, calls the library, maps errors to exit codes.
+//! `run` and `check` are the library's; `demo` and `token mint|inspect` live beside this file.
+
+mod demo;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -67,44 +71,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Sign a token with claims from flags (key from an env var or a file).
-    Mint {
-        #[arg(long, default_value = "HS256")]
-        alg: String,
-        /// Environment variable holding the HS* secret.
-        #[arg(long, conflicts_with = "key_file")]
-        secret_env: Option<String>,
-        /// PEM private key for RS*/PS*/ES*/EdDSA (or an HS* secret file).
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        #[arg(long)]
-        sub: String,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long)]
-        email: Option<String>,
-        /// Comma-separated roles.
-        #[arg(long, value_delimiter = ',')]
-        roles: Vec<String>,
-        /// Lifetime, e.g. "30m".
-        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-        ttl: std::time::Duration,
-        #[arg(long)]
-        iss: Option<String>,
-        #[arg(long)]
-        aud: Option<String>,
-        /// Make it an impersonation token with this session id.
-        #[arg(long)]
-        imp_sid: Option<String>,
-        #[arg(long)]
-        imp_admin_id: Option<String>,
-        #[arg(long)]
-        imp_admin_email: Option<String>,
-        #[arg(long)]
-        imp_reason: Option<String>,
-        /// Extra claim, `key=value` (JSON values are parsed). Repeatable.
-        #[arg(long = "claim", value_parser = parse_claim)]
-        claims: Vec<(String, String)>,
-    },
+    Mint(token::MintArgs),
     /// Decode a token and say whether (and why not) the config would accept it.
     Inspect {
         #[arg(long, short)]
@@ -114,13 +81,6 @@ enum TokenCommand {
         host: Option<String>,
         token: String,
     },
-}
-
-fn parse_claim(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 /// Exit code for a bad config or bad arguments.
@@ -159,7 +119,7 @@ fn main() -> ExitCode {
         },
         Command::Demo { port } => {
             init_logging();
-            match sessiongate::demo::run(port) {
+            match demo::run(port) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo: {e}");
@@ -173,8 +133,13 @@ fn main() -> ExitCode {
             match Config::load(&path) {
                 Ok(config) => {
                     tracing::info!(listen = %config.listen, admin = %config.admin.addr, sites = config.sites.len(), "starting");
-                    sessiongate::run(config, Some(path));
-                    ExitCode::SUCCESS
+                    match sessiongate::run(config, Some(path)) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("cannot start: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -187,60 +152,8 @@ fn main() -> ExitCode {
 
 fn token(cmd: TokenCommand) -> ExitCode {
     match cmd {
-        TokenCommand::Mint {
-            alg,
-            secret_env,
-            key_file,
-            sub,
-            tenant,
-            email,
-            roles,
-            ttl,
-            iss,
-            aud,
-            imp_sid,
-            imp_admin_id,
-            imp_admin_email,
-            imp_reason,
-            claims,
-        } => {
-            let key = match (secret_env, key_file) {
-                (Some(name), _) => match std::env::var(&name) {
-                    Ok(v) if !v.is_empty() => v.into_bytes(),
-                    _ => {
-                        eprintln!("--secret-env: environment variable {name} is not set");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                },
-                (None, Some(path)) => match std::fs::read(&path) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        eprintln!("--key-file: cannot read {}: {e}", path.display());
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                },
-                (None, None) => {
-                    eprintln!("give --secret-env NAME (HS*) or --key-file PEM");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let args = sessiongate::tools::MintArgs {
-                alg,
-                key,
-                sub,
-                tenant,
-                email,
-                roles,
-                ttl,
-                issuer: iss,
-                audience: aud,
-                imp_sid,
-                imp_admin_id,
-                imp_admin_email,
-                imp_reason,
-                claims,
-            };
-            match sessiongate::tools::mint(&args) {
+        TokenCommand::Mint(args) => {
+            match token::signing_key(&args).and_then(|key| token::mint(&args, &key)) {
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS
@@ -263,7 +176,7 @@ fn token(cmd: TokenCommand) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let i = sessiongate::tools::inspect(&config, &token, host.as_deref());
+            let i = token::inspect(&config, &token, host.as_deref());
             let show = |v: &Option<serde_json::Value>| {
                 v.as_ref()
                     .and_then(|v| serde_json::to_string_pretty(v).ok())

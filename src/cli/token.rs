@@ -1,50 +1,87 @@
 //! `sessiongate token mint` and `token inspect`: make tokens for tests and demos, and say
 //! exactly why a token would be refused by a config.
 
-use crate::config::Config;
-use crate::site::normalize_host;
-use crate::token::{MAX_TOKEN_LEN, TokenError, Verifier, precheck};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Map, Value, json};
+use sessiongate::config::Config;
+use sessiongate::site::{Router, normalize_host};
+use sessiongate::token::{MAX_TOKEN_LEN, TokenError, Verifier, now, precheck};
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-#[derive(Debug, Default, Clone)]
+/// `token mint`'s flags: the key, then the claims.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct MintArgs {
+    #[arg(long, default_value = "HS256")]
     pub alg: String,
-    /// HS*: the secret. Others: a PEM private key.
-    pub key: Vec<u8>,
+    /// Environment variable holding the HS* secret.
+    #[arg(long, conflicts_with = "key_file")]
+    pub secret_env: Option<String>,
+    /// PEM private key for RS*/PS*/ES*/EdDSA (or an HS* secret file).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    #[arg(long)]
     pub sub: String,
+    #[arg(long)]
     pub tenant: Option<String>,
+    #[arg(long)]
     pub email: Option<String>,
+    /// Comma-separated roles.
+    #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
+    /// Lifetime, e.g. "30m".
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
+    #[arg(long)]
+    pub iss: Option<String>,
+    #[arg(long)]
+    pub aud: Option<String>,
+    /// Make it an impersonation token with this session id.
+    #[arg(long)]
     pub imp_sid: Option<String>,
+    #[arg(long)]
     pub imp_admin_id: Option<String>,
+    #[arg(long)]
     pub imp_admin_email: Option<String>,
+    #[arg(long)]
     pub imp_reason: Option<String>,
-    /// Extra `key=value` claims (value parsed as JSON when it is JSON, else a string).
+    /// Extra claim, `key=value` (JSON values are parsed). Repeatable.
+    #[arg(long = "claim", value_parser = parse_claim)]
     pub claims: Vec<(String, String)>,
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+fn parse_claim(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
-pub fn mint(a: &MintArgs) -> Result<String, String> {
+/// The signing key the flags name: an environment variable (HS*) or a file.
+pub fn signing_key(a: &MintArgs) -> Result<Vec<u8>, String> {
+    match (&a.secret_env, &a.key_file) {
+        (Some(name), _) => match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
+            _ => Err(format!(
+                "--secret-env: environment variable {name} is not set"
+            )),
+        },
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("--key-file: cannot read {}: {e}", path.display())),
+        (None, None) => Err("give --secret-env NAME (HS*) or --key-file PEM".to_string()),
+    }
+}
+
+/// Signs the claims the flags describe with `key` (HS*: the secret; others: a PEM private key).
+pub fn mint(a: &MintArgs, key: &[u8]) -> Result<String, String> {
     let alg = Algorithm::from_str(&a.alg).map_err(|_| format!("unknown algorithm {}", a.alg))?;
     let key = match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            Ok(EncodingKey::from_secret(&a.key))
-        }
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&a.key),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&a.key),
-        _ => EncodingKey::from_rsa_pem(&a.key),
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Ok(EncodingKey::from_secret(key)),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(key),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(key),
+        _ => EncodingKey::from_rsa_pem(key),
     }
     .map_err(|e| format!("the key is not a {alg:?} private key: {e}"))?;
     let iat = now();
@@ -59,8 +96,8 @@ pub fn mint(a: &MintArgs) -> Result<String, String> {
     };
     opt(&mut claims, "tenant_id", &a.tenant);
     opt(&mut claims, "email", &a.email);
-    opt(&mut claims, "iss", &a.issuer);
-    opt(&mut claims, "aud", &a.audience);
+    opt(&mut claims, "iss", &a.iss);
+    opt(&mut claims, "aud", &a.aud);
     if !a.roles.is_empty() {
         claims.insert("roles".into(), json!(a.roles));
     }
@@ -204,8 +241,8 @@ fn explain(
     let Some(normalized) = normalize_host(host) else {
         return Some(format!("host: {host:?} is not a host name"));
     };
-    let router = crate::site::Router::new(config);
-    let Some(site) = router.route(&normalized).and_then(|i| config.site(i)) else {
+    let router = Router::new(config.sites.iter().map(|s| (&s.host, s.clone())));
+    let Some(site) = router.route(&normalized) else {
         return Some(format!(
             "host: no site serves {normalized} (the proxy answers 421)"
         ));
@@ -252,7 +289,6 @@ mod tests {
     fn args() -> MintArgs {
         MintArgs {
             alg: "HS256".into(),
-            key: b"s3cret".to_vec(),
             sub: "u1".into(),
             tenant: Some("acme".into()),
             ttl: Duration::from_secs(600),
@@ -260,9 +296,11 @@ mod tests {
         }
     }
 
+    const KEY: &[u8] = b"s3cret";
+
     #[test]
     fn minted_tokens_are_accepted_and_bound() {
-        let t = mint(&args()).expect("mint");
+        let t = mint(&args(), KEY).expect("mint");
         let i = inspect(&config(), &t, Some("acme.shop.example"));
         assert_eq!(i.refusal, None);
         assert_eq!(
@@ -275,16 +313,14 @@ mod tests {
 
     #[test]
     fn reasons() {
-        let mut bad = args();
-        bad.key = b"other".to_vec();
-        let r = inspect(&config(), &mint(&bad).expect("mint"), None).refusal;
+        let r = inspect(&config(), &mint(&args(), b"other").expect("mint"), None).refusal;
         assert!(
             r.as_deref().is_some_and(|r| r.starts_with("signature")),
             "{r:?}"
         );
         let mut old = args();
         old.claims = vec![("exp".into(), (now() - 3600).to_string())];
-        let r = inspect(&config(), &mint(&old).expect("mint"), None).refusal;
+        let r = inspect(&config(), &mint(&old, KEY).expect("mint"), None).refusal;
         assert!(
             r.as_deref().is_some_and(|r| r.starts_with("expired: 1h")),
             "{r:?}"

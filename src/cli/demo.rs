@@ -6,8 +6,7 @@
 //! secure context, so the platform's `Secure` cookie works over plain http. Cookies are scoped
 //! by host, not port, so the backend (its own port) can sign users in for the app.
 
-use crate::config::Config;
-use crate::tools::{MintArgs, mint};
+use crate::token::{MintArgs, mint};
 use async_trait::async_trait;
 use base64::Engine;
 use http::Response;
@@ -15,6 +14,8 @@ use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::server::RunArgs;
 use pingora::services::listening::Service;
+use sessiongate::config::Config;
+use sessiongate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +49,7 @@ fn respond(
 }
 
 fn esc(s: &str) -> String {
-    crate::banner::markup::escape(s)
+    sessiongate::banner::markup::escape(s)
 }
 
 fn page(title: &str, body: &str) -> String {
@@ -140,7 +141,9 @@ impl ServeHttp for SampleApp {
                 )
             }
             ("GET", "/strict") => {
-                let nonce = crate::banner::nonce();
+                let Ok(nonce) = sessiongate::banner::nonce() else {
+                    return respond(500, "text/plain", "no randomness for a nonce", &[]);
+                };
                 let body = format!(
                     "{nav}<p>This page is served with <code>Content-Security-Policy: default-src 'none'; \
 script-src 'nonce-…' 'strict-dynamic'; style-src 'self'</code>. Its own inline script still runs:</p>\
@@ -207,7 +210,6 @@ impl Backend {
     fn sign_in(&self, admin: bool) -> Response<Vec<u8>> {
         let mut args = MintArgs {
             alg: "HS256".into(),
-            key: SECRET.as_bytes().to_vec(),
             sub: "user-42".into(),
             tenant: Some("cafe".into()),
             email: Some("maria@cafe.example".into()),
@@ -217,21 +219,18 @@ impl Backend {
         };
         if admin {
             let n = {
-                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let mut next = lock(&self.next);
                 *next += 1;
                 *next
             };
             let sid = format!("imp-{n}");
-            self.sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(sid.clone(), ("maria@cafe.example".into(), true));
+            lock(&self.sessions).insert(sid.clone(), ("maria@cafe.example".into(), true));
             args.imp_sid = Some(sid);
             args.imp_admin_id = Some("admin-7".into());
             args.imp_admin_email = Some("support@nixtech.example".into());
             args.imp_reason = Some("Ticket #4711: receipts look wrong".into());
         }
-        match mint(&args) {
+        match mint(&args, SECRET.as_bytes()) {
             Ok(token) => respond(
                 302,
                 "text/plain",
@@ -261,7 +260,7 @@ impl Backend {
     }
 
     fn end(&self, sid: &str) -> bool {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sessions = lock(&self.sessions);
         match sessions.get_mut(sid) {
             Some(s) => {
                 s.1 = false;
@@ -272,7 +271,7 @@ impl Backend {
     }
 
     fn admin_page(&self) -> Response<Vec<u8>> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = lock(&self.sessions);
         let rows: String = sessions
             .iter()
             .map(|(sid, (target, live))| {
@@ -318,12 +317,7 @@ impl ServeHttp for BackendApp {
                 let sid = percent_encoding::percent_decode_str(raw)
                     .decode_utf8_lossy()
                     .into_owned();
-                let live = b
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&sid)
-                    .map(|s| s.1);
+                let live = lock(&b.sessions).get(&sid).map(|s| s.1);
                 match live {
                     Some(true) => respond(200, "application/json", r#"{"active":true}"#, &[]),
                     _ => respond(
@@ -442,7 +436,7 @@ pub fn run(port: u16) -> Result<(), String> {
         backend_url: backend_url.clone(),
     });
 
-    let mut server = crate::build(config, None);
+    let mut server = sessiongate::build(config, None).map_err(|e| e.to_string())?;
     let mut app_service = Service::new("demo app".to_string(), HttpServer::new_app(SampleApp));
     app_service.add_tcp(&format!("127.0.0.1:{app}"));
     let mut backend_service = Service::new(
@@ -466,7 +460,7 @@ pub fn run(port: u16) -> Result<(), String> {
     );
     println!();
     server.run(RunArgs {
-        shutdown_signal: Box::new(crate::lifecycle::Signals),
+        shutdown_signal: Box::new(sessiongate::lifecycle::Signals),
     });
     Ok(())
 }

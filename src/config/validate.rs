@@ -1,0 +1,571 @@
+//! Every check of a config, in one place: from the raw TOML to the validated `Config`, with
+//! each problem collected (not just the first) under its key path.
+
+use super::raw::{self, RawConfig, RawSite, RawUnauthenticated};
+use super::{
+    AdminConfig, AuditSink, BannerConfig, ClaimPaths, Config, ConfigError, Env, KeySource,
+    LivenessConfig, Secret, SiteConfig, TokenConfig,
+};
+use crate::policy::{DenyRule, PathRule, SitePolicy, Unauthenticated};
+use crate::site::{HostPattern, TenantPattern, is_host_char};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Validates `raw`; the config when there was no error, and every error (without positions).
+pub fn validate(raw: RawConfig, env: &dyn Env) -> (Option<Config>, Vec<ConfigError>) {
+    let mut v = Validator {
+        env,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    (config, v.errors)
+}
+
+struct Validator<'a> {
+    env: &'a dyn Env,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+            position: None,
+        });
+    }
+
+    fn secret_env(&mut self, path: &str, name: &str) -> Option<Secret> {
+        if name.is_empty() {
+            self.err(path, "names no environment variable");
+            return None;
+        }
+        match self.env.var(name) {
+            Some(v) if !v.is_empty() => Some(Secret(v.into_bytes())),
+            Some(_) => {
+                self.err(path, format!("environment variable {name} is empty"));
+                None
+            }
+            None => {
+                self.err(path, format!("environment variable {name} is not set"));
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        if let Ok(addr) = SocketAddr::from_str(value) {
+            return Some(addr);
+        }
+        // host:port with a name (a sidecar's `localhost:3000`, a compose service name):
+        // resolved once here so a typo fails at load, not on the first request.
+        let has_port = value
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !has_port {
+            self.err(
+                path,
+                format!("\"{value}\" is not an address (expected host:port, e.g. 127.0.0.1:3000)"),
+            );
+            return None;
+        }
+        match value.to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => Some(a),
+                None => {
+                    self.err(path, format!("\"{value}\" resolves to no address"));
+                    None
+                }
+            },
+            Err(e) => {
+                self.err(path, format!("cannot resolve \"{value}\": {e}"));
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, d: Duration) {
+        if d.is_zero() {
+            self.err(path, "must be greater than zero");
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listen = self.socket_addr("listen.addr", &raw.listen.addr);
+        let admin_addr = self.socket_addr("admin.addr", &raw.admin.addr);
+        if let (Some(l), Some(a)) = (listen, admin_addr)
+            && l == a
+        {
+            self.err(
+                "admin.addr",
+                "must differ from listen.addr (the admin endpoints are never public)",
+            );
+        }
+        let admin_token = raw
+            .admin
+            .token_env
+            .as_deref()
+            .and_then(|n| self.secret_env("admin.token_env", n));
+
+        let token = match raw.token {
+            Some(t) => self.token(t),
+            None => {
+                self.err("token", "missing [token] section");
+                None
+            }
+        };
+        let liveness = self.liveness(raw.liveness);
+        let header_prefix = self.header_prefix(&raw.headers.prefix);
+        let banner = self.banner(raw.banner);
+        let audit = self.audit(&raw.audit.sink);
+        if raw.audit.queue == 0 || raw.audit.queue > 10_000_000 {
+            self.err("audit.queue", "must be between 1 and 10000000");
+        }
+
+        if raw.site.is_empty() {
+            self.err("site", "at least one [[site]] is required");
+        }
+        let mut sites = Vec::new();
+        for (i, s) in raw.site.into_iter().enumerate() {
+            if let Some(site) = self.site(i, s) {
+                sites.push(site);
+            }
+        }
+        for (i, a) in sites.iter().enumerate() {
+            if sites[..i].iter().any(|b| b.host == a.host) {
+                self.err(
+                    format!("site[{i}].host"),
+                    format!("\"{}\" is already used by another site", a.name),
+                );
+            }
+        }
+
+        Some(Config {
+            listen: listen?,
+            grace_period: raw.listen.grace_period,
+            admin: AdminConfig {
+                addr: admin_addr?,
+                token: admin_token,
+            },
+            token: token?,
+            liveness: liveness?,
+            header_prefix: header_prefix?,
+            banner: banner?,
+            audit: audit?,
+            audit_queue: raw.audit.queue,
+            sites,
+        })
+    }
+
+    fn token(&mut self, t: raw::RawToken) -> Option<TokenConfig> {
+        if !is_cookie_name(&t.cookie) {
+            self.err(
+                "token.cookie",
+                format!("\"{}\" is not a cookie name", t.cookie),
+            );
+        }
+        if let Some(d) = &t.cookie_domain
+            && (d.is_empty() || !d.trim_start_matches('.').chars().all(is_host_char))
+        {
+            self.err("token.cookie_domain", format!("\"{d}\" is not a domain"));
+        }
+        let mut algorithms = Vec::new();
+        if t.algorithms.is_empty() {
+            self.err("token.algorithms", "must list at least one algorithm");
+        }
+        for (i, name) in t.algorithms.iter().enumerate() {
+            if name.eq_ignore_ascii_case("none") {
+                self.err(
+                    format!("token.algorithms[{i}]"),
+                    "\"none\" is never accepted",
+                );
+                continue;
+            }
+            match Algorithm::from_str(name) {
+                Ok(a) => algorithms.push(a),
+                Err(_) => self.err(
+                    format!("token.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm \"{name}\" (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                    ),
+                ),
+            }
+        }
+        let families: Vec<_> = algorithms.iter().map(|a| a.family()).collect();
+        if families.windows(2).any(|w| w[0] != w[1]) {
+            self.err(
+                "token.algorithms",
+                "mixes algorithm families: one key verifies one family (HS*, RS*/PS*, ES*, EdDSA)",
+            );
+        }
+        let sources = [
+            t.secret_env.is_some(),
+            t.public_key_file.is_some(),
+            t.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if sources != 1 {
+            self.err(
+                "token",
+                "set exactly one of secret_env, public_key_file, jwks_url",
+            );
+        }
+        let key = if let Some(url) = &t.jwks_url {
+            if algorithms.iter().any(|a| is_hmac(*a)) {
+                self.err(
+                    "token.jwks_url",
+                    "a JWKS holds public keys: use RS*/PS*/ES*/EdDSA algorithms",
+                );
+            }
+            self.http_url("token.jwks_url", url)
+                .then(|| KeySource::Jwks(url.clone()))
+        } else if let Some(name) = &t.secret_env {
+            if algorithms.iter().any(|a| !is_hmac(*a)) {
+                self.err(
+                    "token.secret_env",
+                    "a shared secret only verifies HS256/HS384/HS512; use public_key_file",
+                );
+            }
+            self.secret_env("token.secret_env", name)
+                .map(|s| KeySource::Static(DecodingKey::from_secret(&s.0)))
+        } else if let Some(file) = &t.public_key_file {
+            self.public_key("token.public_key_file", file, algorithms.first().copied())
+                .map(KeySource::Static)
+        } else {
+            None
+        };
+        if let Some(iss) = &t.issuer
+            && iss.is_empty()
+        {
+            self.err(
+                "token.issuer",
+                "must not be empty (remove it to skip the check)",
+            );
+        }
+        if let Some(aud) = &t.audience
+            && (aud.is_empty() || aud.iter().any(String::is_empty))
+        {
+            self.err("token.audience", "must list non-empty audiences");
+        }
+        let claims = ClaimPaths {
+            user_id: self.claim_path("token.claims.user_id", &t.claims.user_id),
+            tenant_id: self.claim_path("token.claims.tenant_id", &t.claims.tenant_id),
+            email: self.claim_path("token.claims.email", &t.claims.email),
+            roles: self.claim_path("token.claims.roles", &t.claims.roles),
+            impersonation: self.claim_path("token.claims.impersonation", &t.claims.impersonation),
+        };
+        Some(TokenConfig {
+            cookie: t.cookie,
+            cookie_domain: t.cookie_domain,
+            algorithms,
+            key: key?,
+            issuer: t.issuer,
+            audience: t.audience,
+            leeway: t.leeway,
+            claims,
+        })
+    }
+
+    fn public_key(
+        &mut self,
+        path: &str,
+        file: &str,
+        alg: Option<Algorithm>,
+    ) -> Option<DecodingKey> {
+        let pem = match std::fs::read(file) {
+            Ok(p) => p,
+            Err(e) => {
+                self.err(path, format!("cannot read \"{file}\": {e}"));
+                return None;
+            }
+        };
+        let alg = alg?;
+        if is_hmac(alg) {
+            self.err(path, "HS* algorithms take secret_env, not a public key");
+            return None;
+        }
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+            _ => DecodingKey::from_rsa_pem(&pem),
+        };
+        match key {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.err(
+                    path,
+                    format!("\"{file}\" is not a {alg:?} public key in PEM: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn claim_path(&mut self, path: &str, value: &str) -> Vec<String> {
+        let parts: Vec<String> = value.split('.').map(str::to_string).collect();
+        if parts.iter().any(String::is_empty) {
+            self.err(path, format!("\"{value}\" is not a dotted claim path"));
+        }
+        parts
+    }
+
+    fn liveness(&mut self, l: raw::RawLiveness) -> Option<LivenessConfig> {
+        if !l.url.contains("{sid}") {
+            self.err("liveness.url", "must contain {sid}");
+        }
+        self.http_url("liveness.url", &l.url.replace("{sid}", "sid"));
+        self.http_url("liveness.end_url", &l.end_url.replace("{sid}", "sid"));
+        let bearer = l
+            .bearer_env
+            .as_deref()
+            .and_then(|n| self.secret_env("liveness.bearer_env", n));
+        let redis_url = l
+            .redis_url_env
+            .as_deref()
+            .and_then(|n| self.secret_env("liveness.redis_url_env", n));
+        if let Some(url) = &redis_url {
+            let url = String::from_utf8_lossy(&url.0);
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                self.err(
+                    "liveness.redis_url_env",
+                    "the variable must hold a redis://, rediss:// or unix:// URL",
+                );
+            }
+        }
+        self.positive("liveness.cache_ttl", l.cache_ttl);
+        self.positive("liveness.ended_ttl", l.ended_ttl);
+        self.positive("liveness.timeout", l.timeout);
+        Some(LivenessConfig {
+            url: l.url,
+            end_url: l.end_url,
+            bearer,
+            forward_cookie: l.forward_cookie,
+            cache_ttl: l.cache_ttl,
+            ended_ttl: l.ended_ttl,
+            timeout: l.timeout,
+            on_error: l.on_error,
+            stale_ttl: l.stale_ttl,
+            redis_url,
+        })
+    }
+
+    fn http_url(&mut self, path: &str, value: &str) -> bool {
+        match reqwest::Url::parse(value) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => true,
+            Ok(_) => {
+                self.err(path, format!("\"{value}\" is not an http(s) URL"));
+                false
+            }
+            Err(e) => {
+                self.err(path, format!("\"{value}\" is not a URL: {e}"));
+                false
+            }
+        }
+    }
+
+    fn header_prefix(&mut self, prefix: &str) -> Option<String> {
+        let ok = prefix.len() >= 2
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            self.err(
+                "headers.prefix",
+                format!("\"{prefix}\" is not a header-name prefix (letters, digits, '-')"),
+            );
+            return None;
+        }
+        Some(prefix.to_string())
+    }
+
+    fn banner(&mut self, b: raw::RawBanner) -> Option<BannerConfig> {
+        let csrf_secret = b
+            .csrf_secret_env
+            .as_deref()
+            .and_then(|n| self.secret_env("banner.csrf_secret_env", n));
+        let color = b.color.unwrap_or_else(|| "#f59e0b".to_string());
+        if !is_css_color(&color) {
+            self.err(
+                "banner.color",
+                format!("\"{color}\" is not a color (#rgb, #rrggbb or a color name)"),
+            );
+            return None;
+        }
+        Some(BannerConfig { csrf_secret, color })
+    }
+
+    fn audit(&mut self, sink: &str) -> Option<AuditSink> {
+        if sink == "stdout" {
+            return Some(AuditSink::Stdout);
+        }
+        if let Some(path) = sink.strip_prefix("file:") {
+            if path.is_empty() {
+                self.err(
+                    "audit.sink",
+                    "file: needs a path, e.g. file:/var/log/sessiongate/audit.jsonl",
+                );
+                return None;
+            }
+            return Some(AuditSink::File(PathBuf::from(path)));
+        }
+        if sink.starts_with("http://") || sink.starts_with("https://") {
+            return self
+                .http_url("audit.sink", sink)
+                .then(|| AuditSink::Http(sink.to_string()));
+        }
+        self.err(
+            "audit.sink",
+            format!("\"{sink}\" is not \"stdout\", \"file:PATH\" or an http(s) URL"),
+        );
+        None
+    }
+
+    fn site(&mut self, i: usize, s: RawSite) -> Option<Arc<SiteConfig>> {
+        let p = |k: &str| format!("site[{i}].{k}");
+        let host = match HostPattern::parse(&s.host) {
+            _ if s.host.is_empty() => {
+                self.err(p("host"), "is required: the host this site serves");
+                None
+            }
+            Ok(h) => Some(h),
+            Err(e) => {
+                self.err(p("host"), e);
+                None
+            }
+        };
+        let upstream = if s.upstream.is_empty() {
+            self.err(p("upstream"), "is required: the app's host:port");
+            None
+        } else {
+            self.socket_addr(&p("upstream"), &s.upstream)
+        };
+        let tenant_from_host = match s.tenant_from_host.as_deref().map(TenantPattern::parse) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                self.err(p("tenant_from_host"), e);
+                None
+            }
+        };
+        let unauthenticated = match (s.unauthenticated, s.login_url) {
+            (RawUnauthenticated::Pass, _) => Some(Unauthenticated::Pass),
+            (RawUnauthenticated::Reject, _) => Some(Unauthenticated::Reject),
+            (RawUnauthenticated::Redirect, Some(url)) => {
+                let ok = if url.starts_with('/') && !url.starts_with("//") {
+                    true
+                } else {
+                    self.http_url(&p("login_url"), &url.replace("{url}", "x"))
+                };
+                ok.then_some(Unauthenticated::Redirect { login_url: url })
+            }
+            (RawUnauthenticated::Redirect, None) => {
+                self.err(
+                    p("login_url"),
+                    "unauthenticated = \"redirect\" needs login_url",
+                );
+                None
+            }
+        };
+        let mut public_paths = Vec::new();
+        for (j, raw) in s.public_paths.iter().enumerate() {
+            match PathRule::parse(raw) {
+                Ok(r) => public_paths.push(r),
+                Err(e) => self.err(p(&format!("public_paths[{j}]")), e),
+            }
+        }
+        let after = &s.after_end_url;
+        if !after.starts_with('/') || after.starts_with("//") {
+            self.http_url(&p("after_end_url"), after);
+        }
+        if after.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            self.err(
+                p("after_end_url"),
+                "must not contain spaces or control characters",
+            );
+        }
+        self.positive(&p("connect_timeout"), s.connect_timeout);
+        self.positive(&p("read_timeout"), s.read_timeout);
+        let mut deny = Vec::new();
+        for (j, rule) in s.deny_while_impersonating.into_iter().enumerate() {
+            let rp = |k: &str| format!("site[{i}].deny_while_impersonating[{j}].{k}");
+            let path = match PathRule::parse(&rule.path) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.err(rp("path"), e);
+                    None
+                }
+            };
+            let mut methods = Vec::new();
+            for m in rule.methods {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    self.err(rp("methods"), format!("\"{m}\" is not an HTTP method"));
+                } else {
+                    methods.push(m.to_ascii_uppercase());
+                }
+            }
+            if let Some(path) = path {
+                deny.push(DenyRule { methods, path });
+            }
+        }
+        Some(Arc::new(SiteConfig {
+            name: s.host.to_ascii_lowercase(),
+            host: host?,
+            upstream: upstream?,
+            tenant_from_host,
+            unauthenticated: unauthenticated?,
+            policy: SitePolicy { public_paths, deny },
+            banner: s.banner,
+            after_end_url: s.after_end_url,
+            forward_session_cookie: s.forward_session_cookie,
+            connect_timeout: s.connect_timeout,
+            read_timeout: s.read_timeout,
+        }))
+    }
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// RFC 6265 cookie-name = token.
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+fn is_css_color(s: &str) -> bool {
+    if let Some(hex) = s.strip_prefix('#') {
+        return matches!(hex.len(), 3 | 4 | 6 | 8) && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphabetic())
+}
