@@ -54,6 +54,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
 
     let listen = config.listen.to_string();
     let admin = config.admin.addr.to_string();
+    let header_timeout = config.header_timeout;
     let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
     let shared = Arc::new(state::Shared::new(config, auditor));
 
@@ -67,6 +68,9 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
     if let Some(p) = proxy.app_logic_mut() {
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
+        // Telling h2c from HTTP/1 waits for the client's first bytes: bounded, so a silent
+        // connection gets a 408 instead of holding its socket forever (vendor patch).
+        opts.h2c_preface_timeout = Some(header_timeout);
         p.server_options = Some(opts);
     }
     // A write buffer that holds a response head and a typical compressed page, so that head and

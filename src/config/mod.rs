@@ -27,6 +27,8 @@ impl fmt::Debug for Secret {
 pub struct Config {
     pub listen: SocketAddr,
     pub grace_period: Duration,
+    /// A new connection that has not shown what it speaks by then is answered 408 or closed.
+    pub header_timeout: Duration,
     pub admin: AdminConfig,
     pub token: TokenConfig,
     pub liveness: LivenessConfig,
@@ -350,6 +352,7 @@ impl Validator<'_> {
                 "must differ from listen.addr (the admin endpoints are never public)",
             );
         }
+        self.positive("listen.header_timeout", raw.listen.header_timeout);
         let admin_token = raw
             .admin
             .token_env
@@ -392,6 +395,7 @@ impl Validator<'_> {
         Some(Config {
             listen: listen?,
             grace_period: raw.listen.grace_period,
+            header_timeout: raw.listen.header_timeout,
             admin: AdminConfig {
                 addr: admin_addr?,
                 token: admin_token,
@@ -1041,6 +1045,10 @@ mod tests {
         );
         assert_eq!(bad("[audit]\nsink = \"syslog\""), vec!["audit.sink"]);
         assert_eq!(bad("[banner]\ncolor = \"red;}\""), vec!["banner.color"]);
+        assert_eq!(
+            bad("[listen]\nheader_timeout = \"0s\""),
+            vec!["listen.header_timeout"]
+        );
         assert!(bad("").is_empty());
     }
 }

@@ -33,6 +33,10 @@ pub struct RawListen {
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long a new connection may take to show what it speaks before it is answered 408
+    /// (sent nothing) or closed (stopped mid-preface).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 impl Default for RawListen {
@@ -40,6 +44,7 @@ impl Default for RawListen {
         RawListen {
             addr: default_listen_addr(),
             grace_period: default_grace(),
+            header_timeout: default_header_timeout(),
         }
     }
 }
@@ -49,6 +54,9 @@ fn default_listen_addr() -> String {
 }
 fn default_grace() -> Duration {
     Duration::from_secs(30)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]
