@@ -2,13 +2,15 @@
 //!
 //! The request pipeline of SPEC.md is the module list: `site` (host -> site), `headers`
 //! (strip, cookie, inject), `token` (verify), `policy` (paths), `endpoints` (the proxy's own
-//! answers), `audit`, `metrics`, and `proxy`, the thin `ProxyHttp` that wires them together.
+//! answers), `audit`, `metrics`, and `proxy`, the thin `ProxyHttp` that wires them together;
+//! `connections` caps the public listener in front of it.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod banner;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod endpoints;
 pub mod fanout;
@@ -49,6 +51,8 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    // Before anything opens descriptors: the public listener's cap depends on the limit.
+    let soft_limit = connections::raise_descriptor_limit();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -58,21 +62,36 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
     let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
     let shared = Arc::new(state::Shared::new(config, auditor));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::Proxy {
             shared: shared.clone(),
         },
-        "sessiongate proxy",
     );
-    if let Some(p) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        // Telling h2c from HTTP/1 waits for the client's first bytes: bounded, so a silent
-        // connection gets a 408 instead of holding its socket forever (vendor patch).
-        opts.h2c_preface_timeout = Some(header_timeout);
-        p.server_options = Some(opts);
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    // Telling h2c from HTTP/1 waits for the client's first bytes: bounded, so a silent
+    // connection gets a 408 instead of holding its socket forever (vendor patch).
+    opts.h2c_preface_timeout = Some(header_timeout);
+    app.server_options = Some(opts);
+    let max = shared.clone();
+    let limiter = Arc::new(connections::Limiter::new(
+        move || max.snapshot().config.max_connections,
+        soft_limit,
+    ));
+    if limiter.cap() < shared.snapshot().config.max_connections {
+        tracing::warn!(
+            descriptors = soft_limit,
+            cap = limiter.cap(),
+            "the descriptor limit caps the public listener below listen.max_connections"
+        );
     }
+    // The proxy behind the connection cap (as `http_proxy_service_with_name` builds it, with
+    // one more layer).
+    let mut proxy = Service::new(
+        "sessiongate proxy".to_string(),
+        connections::Limited::new(app, limiter),
+    );
     // A write buffer that holds a response head and a typical compressed page, so that head and
     // body leave in one send instead of two (Pingora's default is one MSS, 1460 bytes).
     proxy.add_listener(

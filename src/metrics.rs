@@ -29,6 +29,8 @@ pub struct Metrics {
     pub redis_revocations_published: IntCounter,
     pub redis_revocations_received: IntCounter,
     pub redis_messages_ignored: IntCounter,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -44,6 +46,13 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
@@ -157,15 +166,11 @@ impl Metrics {
                 "Impersonated responses without a banner, by reason",
                 &["reason"],
             ),
-            redis_connected: {
-                let g = IntGauge::new(
-                    "sessiongate_redis_connected",
-                    "1 while the Redis revocation fan-out is connected",
-                )
-                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-                let _ = registry.register(Box::new(g.clone()));
-                g
-            },
+            redis_connected: gauge(
+                &registry,
+                "sessiongate_redis_connected",
+                "1 while the Redis revocation fan-out is connected",
+            ),
             redis_disconnects: counter(
                 &registry,
                 "sessiongate_redis_disconnects_total",
@@ -185,6 +190,16 @@ impl Metrics {
                 &registry,
                 "sessiongate_redis_messages_ignored_total",
                 "Messages on the revocation channel this version does not understand",
+            ),
+            open_connections: gauge(
+                &registry,
+                "sessiongate_open_connections",
+                "Client connections open on the public listener",
+            ),
+            connections_refused: counter(
+                &registry,
+                "sessiongate_connections_refused_total",
+                "Client connections closed on arrival because the public listener was full",
             ),
             registry,
         }

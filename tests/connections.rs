@@ -122,3 +122,141 @@ async fn a_connection_that_sends_nothing_gets_408_and_is_closed_after_header_tim
     assert_eq!(r.version, reqwest::Version::HTTP_2);
     assert_eq!(r.status, 200);
 }
+
+// ---------------------------------------------------------------------------
+// max_connections, and the descriptors kept for the admin listener
+// ---------------------------------------------------------------------------
+
+const OPEN: &str = "sessiongate_open_connections";
+const REFUSED: &str = "sessiongate_connections_refused_total";
+
+/// Whether the proxy closes `stream` (EOF or reset, nothing sent) within `bound`; gives the
+/// stream back for later use.
+async fn closed_within(mut stream: TcpStream, bound: Duration) -> (TcpStream, bool) {
+    let (got, closed) = read_until_closed(&mut stream, bound).await;
+    assert!(
+        got.is_empty(),
+        "an idle connection got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    (stream, closed)
+}
+
+/// Sends one `Connection: close` request on an already open connection; returns the status
+/// line and the body.
+async fn request_on(mut stream: TcpStream, authority: &str, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(20)).await;
+    assert!(closed, "no end of the answer on an open connection");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_under_a_low_descriptor_limit_leave_the_admin_listener_answering() {
+    let up = spawn_upstream().await;
+    let sc = Sidecar::start_under_shell(
+        "ulimit -n 128; exec \"$0\" \"$@\"",
+        &listen_config("header_timeout = \"60s\"", &site(HOST, up.addr, "")),
+        &[(SECRET_ENV, SECRET)],
+    )
+    .await;
+
+    // More idle connections than the process has descriptors. The kernel completes each
+    // handshake (the backlog), whether or not the proxy accepts it.
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        conns.push(TcpStream::connect(sc.addr).await.expect("connect"));
+    }
+    let mut checks = tokio::task::JoinSet::new();
+    for s in conns {
+        checks.spawn(closed_within(s, Duration::from_secs(5)));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = checks.join_next().await {
+        match r.expect("check task") {
+            (_, true) => refused += 1,
+            (s, false) => held.push(s),
+        }
+    }
+    eprintln!("{} held open, {refused} refused", held.len());
+    assert!(
+        refused > 0,
+        "the public listener never refused a connection ({} held open)",
+        held.len()
+    );
+    assert!(!held.is_empty(), "every connection was refused");
+
+    // The admin listener still accepts and answers.
+    let health = tokio::time::timeout(
+        Duration::from_secs(20),
+        plain_client().get(sc.admin_url("/healthz")).send(),
+    )
+    .await
+    .expect("/healthz got no answer while the public listener was full")
+    .expect("/healthz");
+    assert_eq!(health.status(), 200);
+    assert!(sc.metric(REFUSED, &[]).await >= 1.0);
+
+    // A connection that was let in is served (and its request reaches the upstream).
+    let authority = format!("{HOST}:{}", sc.addr.port());
+    let answer = request_on(held.remove(0), &authority, "/held").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(up.received("/held"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_connections_new_connections_are_closed_at_once() {
+    let (up, sc) = start_with_listen("header_timeout = \"60s\"\nmax_connections = 50").await;
+
+    let mut first = Vec::new();
+    for _ in 0..50 {
+        first.push(TcpStream::connect(sc.addr).await.expect("connect"));
+    }
+    // Every one of them accepted and counted before the next one arrives.
+    sc.wait_for_metric(OPEN, &[], |v| v == 50.0).await;
+
+    let extra = TcpStream::connect(sc.addr).await.expect("connect");
+    let (_extra, closed) = closed_within(extra, Duration::from_secs(10)).await;
+    assert!(closed, "the 51st connection was kept open");
+    assert_eq!(sc.metric(REFUSED, &[]).await, 1.0);
+    assert_eq!(sc.metric(OPEN, &[]).await, 50.0);
+
+    // The first 50 still get answers.
+    let authority = format!("{HOST}:{}", sc.addr.port());
+    let mut answers = tokio::task::JoinSet::new();
+    for (i, s) in first.into_iter().enumerate() {
+        let authority = authority.clone();
+        answers.spawn(async move { request_on(s, &authority, &format!("/c{i}")).await });
+    }
+    while let Some(a) = answers.join_next().await {
+        let a = a.expect("request task");
+        assert!(a.starts_with("HTTP/1.1 200"), "{a:?}");
+    }
+    up.wait_for_count(50).await;
+
+    // Closed connections are no longer counted, and new ones get in again.
+    sc.wait_for_metric(OPEN, &[], |v| v == 0.0).await;
+    let r = send(sc.client().get(sc.url(HOST, "/again"))).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
+    let up = spawn_upstream().await;
+    let sc = Sidecar::start_under_shell(
+        "ulimit -Sn 256; exec \"$0\" \"$@\"",
+        &listen_config("", &site(HOST, up.addr, "")),
+        &[(SECRET_ENV, SECRET)],
+    )
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sc.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "soft limit not raised: {line}");
+}

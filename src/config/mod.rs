@@ -29,6 +29,9 @@ pub struct Config {
     pub grace_period: Duration,
     /// A new connection that has not shown what it speaks by then is answered 408 or closed.
     pub header_timeout: Duration,
+    /// Open connections on the public listener, per process (the descriptor limit can lower
+    /// it further, see `connections`).
+    pub max_connections: usize,
     pub admin: AdminConfig,
     pub token: TokenConfig,
     pub liveness: LivenessConfig,
@@ -353,6 +356,9 @@ impl Validator<'_> {
             );
         }
         self.positive("listen.header_timeout", raw.listen.header_timeout);
+        if raw.listen.max_connections == 0 {
+            self.err("listen.max_connections", "must be at least 1");
+        }
         let admin_token = raw
             .admin
             .token_env
@@ -396,6 +402,7 @@ impl Validator<'_> {
             listen: listen?,
             grace_period: raw.listen.grace_period,
             header_timeout: raw.listen.header_timeout,
+            max_connections: raw.listen.max_connections,
             admin: AdminConfig {
                 addr: admin_addr?,
                 token: admin_token,
@@ -1048,6 +1055,10 @@ mod tests {
         assert_eq!(
             bad("[listen]\nheader_timeout = \"0s\""),
             vec!["listen.header_timeout"]
+        );
+        assert_eq!(
+            bad("[listen]\nmax_connections = 0"),
+            vec!["listen.max_connections"]
         );
         assert!(bad("").is_empty());
     }

@@ -37,6 +37,9 @@ pub struct RawListen {
     /// (sent nothing) or closed (stopped mid-preface).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Open client connections allowed on the public listener, per process.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for RawListen {
@@ -45,6 +48,7 @@ impl Default for RawListen {
             addr: default_listen_addr(),
             grace_period: default_grace(),
             header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -57,6 +61,9 @@ fn default_grace() -> Duration {
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]
