@@ -453,6 +453,20 @@ mod tests {
     }
 
     #[test]
+    fn zstd_windows_beyond_8_mib_are_refused() {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+        enc.window_log(25).expect("window");
+        enc.write_all(b"<html><body>hi</body></html>")
+            .expect("zstd");
+        let zs = enc.finish().expect("zstd");
+        let r = try_run(Coding::Zstd, &zs, 1024).map(|out| out.len());
+        assert!(
+            matches!(r, Err(SpliceError::Decode(Coding::Zstd, _))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
     fn garbage_gzip_is_a_decode_error() {
         let mut s =
             BannerStream::new(Coding::Gzip, OutCoding::Identity, splice(false)).expect("stream");
