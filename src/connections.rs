@@ -80,9 +80,17 @@ impl Limiter {
         configured: impl Fn() -> usize + Send + Sync + 'static,
         soft_limit: Option<u64>,
     ) -> Limiter {
+        let room = soft_limit.map_or(usize::MAX, room);
+        if room < configured() {
+            tracing::warn!(
+                descriptors = soft_limit,
+                cap = room,
+                "the descriptor limit caps the public listener below listen.max_connections"
+            );
+        }
         Limiter {
             configured: Box::new(configured),
-            room: soft_limit.map_or(usize::MAX, room),
+            room,
             open: AtomicUsize::new(0),
         }
     }

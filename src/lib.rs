@@ -51,7 +51,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    // Before anything opens descriptors: the public listener's cap depends on the limit.
+    // First: the public listener's cap below depends on the limit in force.
     let soft_limit = connections::raise_descriptor_limit();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -79,13 +79,6 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Server {
         move || max.snapshot().config.max_connections,
         soft_limit,
     ));
-    if limiter.cap() < shared.snapshot().config.max_connections {
-        tracing::warn!(
-            descriptors = soft_limit,
-            cap = limiter.cap(),
-            "the descriptor limit caps the public listener below listen.max_connections"
-        );
-    }
     // The proxy behind the connection cap (as `http_proxy_service_with_name` builds it, with
     // one more layer).
     let mut proxy = Service::new(

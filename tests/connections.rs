@@ -130,6 +130,18 @@ async fn a_connection_that_sends_nothing_gets_408_and_is_closed_after_header_tim
 const OPEN: &str = "sessiongate_open_connections";
 const REFUSED: &str = "sessiongate_connections_refused_total";
 
+/// Like [`start_with_listen`], with `ulimit ARGS` applied to the proxy's process.
+async fn start_under_ulimit(args: &str, listen_extra: &str) -> (Upstream, Sidecar) {
+    let up = spawn_upstream().await;
+    let sc = Sidecar::start_under_shell(
+        &format!("ulimit {args}; exec \"$0\" \"$@\""),
+        &listen_config(listen_extra, &site(HOST, up.addr, "")),
+        &[(SECRET_ENV, SECRET)],
+    )
+    .await;
+    (up, sc)
+}
+
 /// Whether the proxy closes `stream` (EOF or reset, nothing sent) within `bound`; gives the
 /// stream back for later use.
 async fn closed_within(mut stream: TcpStream, bound: Duration) -> (TcpStream, bool) {
@@ -154,13 +166,7 @@ async fn request_on(mut stream: TcpStream, authority: &str, path: &str) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_under_a_low_descriptor_limit_leave_the_admin_listener_answering() {
-    let up = spawn_upstream().await;
-    let sc = Sidecar::start_under_shell(
-        "ulimit -n 128; exec \"$0\" \"$@\"",
-        &listen_config("header_timeout = \"60s\"", &site(HOST, up.addr, "")),
-        &[(SECRET_ENV, SECRET)],
-    )
-    .await;
+    let (up, sc) = start_under_ulimit("-n 128", "header_timeout = \"60s\"").await;
 
     // More idle connections than the process has descriptors. The kernel completes each
     // handshake (the backlog), whether or not the proxy accepts it.
@@ -244,13 +250,7 @@ async fn beyond_max_connections_new_connections_are_closed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
-    let up = spawn_upstream().await;
-    let sc = Sidecar::start_under_shell(
-        "ulimit -Sn 256; exec \"$0\" \"$@\"",
-        &listen_config("", &site(HOST, up.addr, "")),
-        &[(SECRET_ENV, SECRET)],
-    )
-    .await;
+    let (_up, sc) = start_under_ulimit("-Sn 256", "").await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", sc.pid())).expect("limits");
     let line = limits
         .lines()
