@@ -5,14 +5,16 @@
 //! impersonation live?), `policy` (paths, deny list, no session), `headers` (strip, forward,
 //! inject), `banner` (the streamed splice), `audit`. Around them: `response` (every answer the
 //! proxy makes itself), `endpoints` (`/.sessiongate/*` and the admin listener), `config`,
-//! `metrics`, `fanout` (Redis), `state`, `lifecycle`, and `proxy`, whose hooks only call the
-//! stages. The command line lives in `src/cli/`.
+//! `metrics`, `fanout` (Redis), `state`, `lifecycle`, `connections` (the cap on the public
+//! listener), and `proxy`, whose hooks only call the stages. The command line lives in
+//! `src/cli/`.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod banner;
 pub mod config;
+pub mod connections;
 pub mod endpoints;
 pub mod fanout;
 pub mod headers;
@@ -54,26 +56,40 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoR
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    // First: the public listener's cap below depends on the limit in force.
+    let soft_limit = connections::raise_descriptor_limit();
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let listen = config.listen.to_string();
     let admin = config.admin.addr.to_string();
+    let header_timeout = config.header_timeout;
     let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
     let shared = Arc::new(state::Shared::new(config, auditor)?);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         proxy::Proxy {
             shared: shared.clone(),
         },
-        "sessiongate proxy",
     );
-    if let Some(p) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = true;
-        p.server_options = Some(opts);
-    }
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    // Telling h2c from HTTP/1 waits for the client's first bytes: bounded, so a silent
+    // connection gets a 408 instead of holding its socket forever (vendor patch).
+    opts.h2c_preface_timeout = Some(header_timeout);
+    app.server_options = Some(opts);
+    let max = shared.clone();
+    let limiter = Arc::new(connections::Limiter::new(
+        move || max.snapshot().config.max_connections,
+        soft_limit,
+    ));
+    // The proxy behind the connection cap (as `http_proxy_service_with_name` builds it, with
+    // one more layer).
+    let mut proxy = Service::new(
+        "sessiongate proxy".to_string(),
+        connections::Limited::new(app, limiter),
+    );
     // A write buffer that holds a response head and a typical compressed page, so that head and
     // body leave in one send instead of two (Pingora's default is one MSS, 1460 bytes).
     proxy.add_listener(

@@ -79,6 +79,12 @@ impl Lifecycle {
                         );
                         "error"
                     } else {
+                        if config.header_timeout != old.config.header_timeout {
+                            // It is built into the listener's HTTP options at start.
+                            tracing::warn!(
+                                "listen.header_timeout changed: it takes effect at the next restart"
+                            );
+                        }
                         self.shared.replace(config);
                         tracing::info!("config reloaded");
                         "ok"

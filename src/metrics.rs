@@ -31,6 +31,8 @@ pub struct Metrics {
     pub redis_revocations_published: IntCounter,
     pub redis_revocations_received: IntCounter,
     pub redis_messages_ignored: IntCounter,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -200,6 +202,16 @@ impl Metrics {
                 &registry,
                 "sessiongate_redis_messages_ignored_total",
                 "Messages on the revocation channel this version does not understand",
+            ),
+            open_connections: gauge(
+                &registry,
+                "sessiongate_open_connections",
+                "Client connections open on the public listener",
+            ),
+            connections_refused: counter(
+                &registry,
+                "sessiongate_connections_refused_total",
+                "Client connections closed on arrival because the public listener was full",
             ),
             registry,
         }

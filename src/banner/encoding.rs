@@ -181,6 +181,9 @@ fn deflate(
     }
 }
 
+/// 8 MiB, the largest window an HTTP `zstd` body may use (RFC 9659).
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
 /// A streaming decoder writing into `W`.
 pub enum Decoder<W: Write> {
     Identity(W),
@@ -201,7 +204,13 @@ impl<W: Write> Decoder<W> {
             Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
             Coding::Deflate => Decoder::DeflatePending(Some(sink), Vec::new()),
             Coding::Br => Decoder::Br(Box::new(brotli::DecompressorWriter::new(sink, 16 * 1024))),
-            Coding::Zstd => Decoder::Zstd(zstd::stream::write::Decoder::new(sink)?),
+            Coding::Zstd => {
+                let mut d = zstd::stream::write::Decoder::new(sink)?;
+                // RFC 9659: the zstd content coding uses windows of at most 8 MiB. zstd's own
+                // default would let a frame header make the decoder buffer up to 128 MiB.
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                Decoder::Zstd(d)
+            }
         })
     }
 

@@ -18,9 +18,26 @@ use std::sync::{Arc, Mutex};
 /// lol_html's own buffer limit: a tag or attribute larger than this stops the rewriting; the
 /// rest of the page passes through unchanged (graceful bail-out).
 const REWRITER_MEMORY: usize = 4 * 1024 * 1024;
-/// Decoded bytes allowed per upstream chunk: more is a decompression bomb and ends the
-/// response instead of filling memory.
-pub const MAX_EXPANSION_PER_CHUNK: usize = 32 * 1024 * 1024;
+/// Decoded bytes one upstream chunk may become: `EXPANSION_BURST` plus `MAX_RATIO` times the
+/// compressed bytes of the chunk handed to the decoder so far, and never more than
+/// `MAX_EXPANSION_PER_CHUNK`. More is a decompression bomb and ends the response.
+///
+/// Why per chunk, and this small: a body filter gives the client one buffer per upstream
+/// chunk, so for a client that takes no encoding every decoded byte of a chunk is held at
+/// once. With a flat 32 MiB per chunk, one impersonated gzip bomb grew the proxy's RSS by
+/// 74 MB and 16 at once by 295 MB, and the allocator kept it after the responses were cut
+/// off. Checked whenever the decoder writes (at most 32 KiB at a time) while it is fed
+/// `DECODE_SLICE`s, a gzip bomb (deflate reaches 1032:1) is now cut after about 300 KiB.
+/// Honest HTML stays below: rustdoc's most repetitive pages (40:1 with gzip -9) decode at most
+/// 2.5 MiB from a 64 KiB chunk, Pingora's read size, and a table numbering every row 3 MiB
+/// (47:1). 100:1 is also Envoy's default `max_inflate_ratio`. And an honest upstream rarely
+/// compresses these pages at all: impersonated document requests ask it for identity.
+const EXPANSION_BURST: usize = 256 * 1024;
+const MAX_RATIO: usize = 100;
+pub const MAX_EXPANSION_PER_CHUNK: usize = 4 * 1024 * 1024;
+/// Compressed bytes handed to the decoder at a time, so that the ratio is checked against
+/// what it has actually been given.
+const DECODE_SLICE: usize = 1024;
 /// How much the rewriter is fed at a time (it is ended right after `<body>`).
 const REWRITE_SLICE: usize = 1024;
 /// Decoded bytes allowed per response.
@@ -84,7 +101,10 @@ struct RewriteSink {
     encoder: Arc<Mutex<Encoder>>,
     /// Set by the `<body>` handler: nothing after the banner needs parsing.
     inserted: Arc<AtomicBool>,
-    this_chunk: usize,
+    /// Compressed bytes of the current upstream chunk handed to the decoder so far.
+    chunk_in: usize,
+    /// Decoded bytes of the current upstream chunk.
+    chunk_out: usize,
     total: u64,
     bomb: bool,
     error: Option<String>,
@@ -92,9 +112,13 @@ struct RewriteSink {
 
 impl Write for RewriteSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.this_chunk += buf.len();
+        self.chunk_out += buf.len();
         self.total += buf.len() as u64;
-        if self.this_chunk > MAX_EXPANSION_PER_CHUNK || self.total > MAX_DECODED {
+        let allowed = MAX_RATIO
+            .saturating_mul(self.chunk_in)
+            .saturating_add(EXPANSION_BURST)
+            .min(MAX_EXPANSION_PER_CHUNK);
+        if self.chunk_out > allowed || self.total > MAX_DECODED {
             self.bomb = true;
             return Err(io::Error::other("decompression limit"));
         }
@@ -204,7 +228,8 @@ impl BannerStream {
             rewriter: Some(rewriter),
             encoder: encoder.clone(),
             inserted: inserted.clone(),
-            this_chunk: 0,
+            chunk_in: 0,
+            chunk_out: 0,
             total: 0,
             bomb: false,
             error: None,
@@ -232,18 +257,29 @@ impl BannerStream {
         }
     }
 
-    /// Feeds one upstream chunk; returns the client bytes ready now.
+    /// Feeds one upstream chunk; returns the client bytes ready now. After an error the
+    /// stream's buffers are already released, and it takes nothing more.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, SpliceError> {
         let Some(decoder) = self.decoder.as_mut() else {
             return Ok(Vec::new());
         };
-        reset_chunk(decoder);
-        if let Err(e) = decoder.write_all(chunk).and_then(|()| decoder.flush()) {
-            return Err(self.classify(e));
+        if let Err(e) = feed(decoder, self.coding, chunk) {
+            let e = self.classify(e);
+            self.release();
+            return Err(e);
         }
-        lock(&self.encoder)
-            .take()
-            .map_err(|e| SpliceError::Rewrite(e.to_string()))
+        let out = lock(&self.encoder).take();
+        out.map_err(|e| {
+            self.release();
+            SpliceError::Rewrite(e.to_string())
+        })
+    }
+
+    /// Frees the decoder, the rewriter and what the encoder holds now, instead of when the
+    /// request's context goes (a cut-off response may hold a chunk's worth of decoded bytes).
+    fn release(&mut self) {
+        self.decoder = None;
+        *lock(&self.encoder) = Encoder::Identity(Vec::new());
     }
 
     /// One call of the response body filter: replaces `body` with the client's bytes (none
@@ -308,10 +344,25 @@ impl BannerStream {
     }
 }
 
-fn reset_chunk(d: &mut Decoder<RewriteSink>) {
-    if let Some(s) = d.sink_mut() {
-        s.this_chunk = 0;
+/// Decodes one upstream chunk into the sink, a `DECODE_SLICE` at a time when it is compressed,
+/// telling the sink what the decoder has been given, and flushes.
+fn feed(decoder: &mut Decoder<RewriteSink>, coding: Coding, chunk: &[u8]) -> io::Result<()> {
+    if let Some(s) = decoder.sink_mut() {
+        s.chunk_in = 0;
+        s.chunk_out = 0;
     }
+    // Identity cannot expand: no need to slice it.
+    let slice = match coding {
+        Coding::Identity => chunk.len().max(1),
+        _ => DECODE_SLICE,
+    };
+    for piece in chunk.chunks(slice) {
+        if let Some(s) = decoder.sink_mut() {
+            s.chunk_in += piece.len();
+        }
+        decoder.write_all(piece)?;
+    }
+    decoder.flush()
 }
 
 #[cfg(test)]
@@ -385,6 +436,73 @@ mod tests {
             BannerStream::new(Coding::Gzip, OutCoding::Gzip, splice(false)).expect("stream");
         let err = s.push(&bomb).expect_err("bomb");
         assert!(matches!(err, SpliceError::Bomb), "{err}");
+    }
+
+    /// Pushes `body` in `chunk`-sized upstream chunks; the first error, or the client bytes.
+    fn try_run(coding: Coding, body: &[u8], chunk: usize) -> Result<Vec<u8>, SpliceError> {
+        let mut s = BannerStream::new(coding, OutCoding::Identity, splice(false)).expect("stream");
+        let mut client = Vec::new();
+        for c in body.chunks(chunk) {
+            client.extend(s.push(c)?);
+        }
+        client.extend(s.finish()?);
+        Ok(client)
+    }
+
+    const BOMB_PAGE_HEAD: &[u8] = b"<html><head></head><body><pre>";
+
+    #[test]
+    fn br_and_zstd_bombs_end_the_response_too() {
+        let mut bomb = BOMB_PAGE_HEAD.to_vec();
+        bomb.resize(16 * 1024 * 1024, b' ');
+        let mut br = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+        br.write_all(&bomb).expect("br");
+        let br = br.into_inner();
+        let zs = zstd::encode_all(&bomb[..], 3).expect("zstd");
+        for (coding, body) in [(Coding::Br, br), (Coding::Zstd, zs)] {
+            let r = try_run(coding, &body, 64 * 1024).map(|out| out.len());
+            assert!(matches!(r, Err(SpliceError::Bomb)), "{coding:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn a_page_compressing_47_to_1_is_no_bomb() {
+        // Every row numbered: the most repetitive kind of honest page.
+        let mut page = String::from("<!DOCTYPE html><html><head></head><body><table>\n");
+        for i in 0..40_000 {
+            page.push_str(&format!(
+                "<tr class=\"row\"><td class=\"qty\">1</td><td class=\"name\">Flat white, oat \
+                 milk</td><td class=\"price\">3.40 EUR</td><td>{i}</td></tr>\n"
+            ));
+        }
+        page.push_str("</table></body></html>");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(page.as_bytes()).expect("gz");
+        let gz = gz.finish().expect("gz");
+        assert!(
+            page.len() / gz.len() > 40,
+            "ratio {}",
+            page.len() / gz.len()
+        );
+        let out = try_run(Coding::Gzip, &gz, 64 * 1024).expect("an honest page");
+        assert_eq!(
+            out.len(),
+            page.len() + "<div id=\"sessiongate-banner\" data-n=\"-\"></div>".len()
+        );
+    }
+
+    #[test]
+    fn zstd_windows_beyond_8_mib_are_refused() {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+        enc.window_log(25).expect("window");
+        enc.write_all(b"<html><body>hi</body></html>")
+            .expect("zstd");
+        let zs = enc.finish().expect("zstd");
+        let r = try_run(Coding::Zstd, &zs, 1024).map(|out| out.len());
+        assert!(
+            matches!(r, Err(SpliceError::Decode(Coding::Zstd, _))),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -31,6 +31,11 @@ impl fmt::Debug for Secret {
 pub struct Config {
     pub listen: SocketAddr,
     pub grace_period: Duration,
+    /// A new connection that has not shown what it speaks by then is answered 408 or closed.
+    pub header_timeout: Duration,
+    /// Open connections on the public listener, per process (the descriptor limit can lower
+    /// it further, see `connections`).
+    pub max_connections: usize,
     pub admin: AdminConfig,
     pub token: TokenConfig,
     pub liveness: LivenessConfig,
@@ -330,6 +335,14 @@ mod tests {
         );
         assert_eq!(bad("[audit]\nsink = \"syslog\""), vec!["audit.sink"]);
         assert_eq!(bad("[banner]\ncolor = \"red;}\""), vec!["banner.color"]);
+        assert_eq!(
+            bad("[listen]\nheader_timeout = \"0s\""),
+            vec!["listen.header_timeout"]
+        );
+        assert_eq!(
+            bad("[listen]\nmax_connections = 0"),
+            vec!["listen.max_connections"]
+        );
         assert!(bad("").is_empty());
     }
 }

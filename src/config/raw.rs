@@ -26,6 +26,12 @@ pub struct RawListen {
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long a new connection may take to show what it speaks before it is answered 408
+    /// (sent nothing) or closed (stopped mid-preface).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open client connections allowed on the public listener, per process.
+    pub max_connections: usize,
 }
 
 impl Default for RawListen {
@@ -33,6 +39,8 @@ impl Default for RawListen {
         RawListen {
             addr: "0.0.0.0:8080".into(),
             grace_period: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }

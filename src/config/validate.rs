@@ -105,6 +105,10 @@ impl Validator<'_> {
                 "must differ from listen.addr (the admin endpoints are never public)",
             );
         }
+        self.positive("listen.header_timeout", raw.listen.header_timeout);
+        if raw.listen.max_connections == 0 {
+            self.err("listen.max_connections", "must be at least 1");
+        }
         let admin_token = raw
             .admin
             .token_env
@@ -147,6 +151,8 @@ impl Validator<'_> {
         Some(Config {
             listen: listen?,
             grace_period: raw.listen.grace_period,
+            header_timeout: raw.listen.header_timeout,
+            max_connections: raw.listen.max_connections,
             admin: AdminConfig {
                 addr: admin_addr?,
                 token: admin_token,

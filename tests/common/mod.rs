@@ -705,6 +705,11 @@ impl Sidecar {
     /// Writes `config_toml` (placeholders filled), spawns the binary with `env`
     /// and waits until the admin `/healthz` answers 200.
     pub async fn start(config_toml: &str, env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::start_with(Command::new(bin()), config_toml, env).await
+    }
+
+    /// [`Sidecar::start`] with `cmd` as the command that runs the binary (its arguments follow).
+    async fn start_with(mut cmd: Command, config_toml: &str, env: &[(&str, &str)]) -> Sidecar {
         let dir = TempDir::new();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -716,7 +721,6 @@ impl Sidecar {
         let config_path = dir.write("sessiongate.toml", &toml);
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
-        let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -1661,5 +1665,24 @@ pub async fn send(req: reqwest::RequestBuilder) -> Resp {
         headers,
         version,
         body,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The sidecar under resource limits
+// ---------------------------------------------------------------------------
+
+impl Sidecar {
+    /// [`Sidecar::start`], with the binary started by `sh -c SCRIPT`, where `SCRIPT` sets
+    /// limits and ends in `exec "$0" "$@"` (e.g. `ulimit -n 128; exec "$0" "$@"`), so the
+    /// shell's pid becomes the proxy's.
+    pub async fn start_under_shell(
+        script: &str,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg(bin());
+        Sidecar::start_with(cmd, config_toml, env).await
     }
 }

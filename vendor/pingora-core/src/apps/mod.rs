@@ -23,6 +23,7 @@ use log::{debug, error};
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt}; // sessiongate patch
 
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
@@ -89,6 +90,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// sessiongate patch (h2c preface deadline): with `h2c`, how long a new cleartext
+    /// connection may take to show whether it opens with the HTTP/2 preface. One that sent
+    /// nothing by then is answered `408` and closed; one that stopped inside the preface is
+    /// closed.
+    ///
+    /// Default: `None` (no deadline)
+    pub h2c_preface_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -280,21 +289,11 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
-            // not all streams support peeking
-            if peeked {
-                // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
-            }
+            // sessiongate patch (h2c preface deadline): `try_peek` waited for all 24 bytes of
+            // the preface, with no deadline: a shorter request was never answered and a silent
+            // connection was held forever.
+            let timeout = self.server_options().and_then(|o| o.h2c_preface_timeout);
+            h2c = read_h2c_preface(&mut stream, timeout).await?;
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // create a shared connection digest
@@ -374,6 +373,57 @@ where
         self.http_cleanup().await;
     }
 }
+
+/// sessiongate patch (h2c preface deadline): whether a cleartext connection opens with the h2
+/// preface. HTTP/1 as soon as a byte differs from it, HTTP/2 once all of it arrived; what was
+/// read is given back to the stream. `None`: the connection is done (closed, failed, or out of
+/// time, and then a connection that sent nothing is told so with a 408).
+async fn read_h2c_preface(stream: &mut Stream, timeout: Option<Duration>) -> Option<bool> {
+    // A stream that cannot take bytes back is not read: h2c stays on, as before the patch.
+    if !stream.try_rewind(&[]) {
+        return Some(true);
+    }
+    let deadline = timeout.map(|t| (t, tokio::time::Instant::now() + t));
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < buf.len() && buf[..n] == H2_PREFACE[..n] {
+        let read = stream.read(&mut buf[n..]);
+        let read = match deadline {
+            Some((t, at)) => match tokio::time::timeout_at(at, read).await {
+                Ok(read) => read,
+                Err(_) if n == 0 => {
+                    debug!("no request within {t:?}: 408");
+                    // Bounded too: a peer that reads nothing must not hold the task.
+                    let _ = tokio::time::timeout(t, async {
+                        stream.write_all(REQUEST_TIMEOUT_408).await?;
+                        stream.flush().await
+                    })
+                    .await;
+                    return None;
+                }
+                Err(_) => {
+                    debug!("h2c preface incomplete after {t:?}: closing");
+                    return None;
+                }
+            },
+            None => read.await,
+        };
+        match read {
+            Ok(0) => return None,
+            Ok(got) => n += got,
+            Err(e) => {
+                debug!("Read error while reading h2c preface {e}");
+                return None;
+            }
+        }
+    }
+    stream.try_rewind(&buf[..n]);
+    Some(buf[..n] == *H2_PREFACE)
+}
+
+/// sessiongate patch (h2c preface deadline)
+const REQUEST_TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 #[cfg(test)]
 mod tests {

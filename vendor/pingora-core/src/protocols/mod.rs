@@ -79,6 +79,13 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// sessiongate patch (h2c preface deadline): put `data`, already read from this stream,
+    /// back in front of what the next reads return. Return `false`, keeping nothing, if the
+    /// stream cannot; an empty `data` asks whether it can before anything is read.
+    fn try_rewind(&mut self, _data: &[u8]) -> bool {
+        false
+    }
 }
 
 use std::any::Any;

@@ -750,6 +750,12 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // sessiongate patch (h2c preface deadline)
+    fn try_rewind(&mut self, data: &[u8]) -> bool {
+        self.rewind(data);
+        true
+    }
 }
 
 #[async_trait]
