@@ -297,7 +297,7 @@ impl AdminApp {
         }
         self.shared
             .liveness
-            .mark_ended(sid, snap.config.liveness.ended_ttl, None, "admin")
+            .mark_ended(sid, snap.config.revocation_floor(), None, "admin")
             .await;
         let mut ev = crate::audit::AuditEvent::new("impersonation.ended", "-");
         ev.sid = Some(sid.to_string());

@@ -47,6 +47,14 @@ pub fn parse(payload: &[u8]) -> Option<Revocation> {
     (r.v == 1 && !r.sid.is_empty() && !r.sid.chars().any(char::is_control)).then_some(r)
 }
 
+/// How long a received end is remembered: `ended_ttl` when the message says until when its
+/// tokens live (they are kept that long too), the revocation retention when it does not.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub ended_ttl: Duration,
+    pub retention: Duration,
+}
+
 /// The replica's link to Redis: what the rest of the proxy sees of it. It owns the channel the
 /// liveness checker hands its local ends to ([`Fanout::outbox`]).
 pub struct Fanout {
@@ -128,7 +136,8 @@ impl Fanout {
 
     /// Runs the link until the process stops: connect, subscribe, publish local ends, apply
     /// remote ones, reconnect with backoff.
-    pub async fn run(&self, url: String, liveness: &LivenessChecker, ended_ttl: Duration) {
+    /// `memory`: how long a received end is remembered (see [`Memory`]).
+    pub async fn run(&self, url: String, liveness: &LivenessChecker, memory: Memory) {
         let Some(mut outbox) = lock(&self.rx).take() else {
             return;
         };
@@ -144,7 +153,7 @@ impl Fanout {
         let mut after_outage = false;
         loop {
             match self
-                .session(&client, &mut outbox, liveness, ended_ttl, &mut after_outage)
+                .session(&client, &mut outbox, liveness, memory, &mut after_outage)
                 .await
             {
                 Ok(()) => return,
@@ -171,7 +180,7 @@ impl Fanout {
         client: &redis::Client,
         outbox: &mut mpsc::Receiver<Ended>,
         liveness: &LivenessChecker,
-        ended_ttl: Duration,
+        memory: Memory,
         after_outage: &mut bool,
     ) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
@@ -198,7 +207,8 @@ impl Fanout {
                         Some(r) if r.origin.as_deref() == Some(self.replica.as_str()) => {}
                         Some(r) => {
                             METRICS.redis_revocations_received.inc();
-                            liveness.mark_ended_quietly(&r.sid, ended_ttl, r.until).await;
+                            let floor = if r.until.is_some() { memory.ended_ttl } else { memory.retention };
+                            liveness.mark_ended_quietly(&r.sid, floor, r.until).await;
                             tracing::info!(sid = %r.sid, origin = ?r.origin, "revocation from another replica");
                         }
                         None => {

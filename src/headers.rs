@@ -5,7 +5,7 @@
 //! while impersonating).
 
 use crate::response::Refusal;
-use crate::token::{Identity, cookie_pairs, cookie_value, split_pair};
+use crate::token::{Identity, cookie_pairs, cookie_value, lenient_name, split_pair};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -70,13 +70,23 @@ const FORWARDING: [&str; 4] = [
 ];
 
 /// Look-alikes of the forwarding headers that frameworks and proxies trust for the client's
-/// address, scheme, host or path (Rails, Django, Spring, Express, Envoy, Cloudflare, Akamai...).
-/// The proxy never sets them and never forwards a client's copy: an app that reads one would
-/// otherwise take the client's word for its own address or for which URL it serves.
-const FORWARDING_LOOKALIKES: [&str; 21] = [
+/// address, scheme, host, path or certificate (Rails, Django, PHP, Spring, Tomcat, Express,
+/// Traefik, Envoy, nginx-ingress, Cloudflare, Akamai...), and the identity headers other auth
+/// proxies set (oauth2-proxy, IAP, Cloudflare Access, ALB, Pomerium, Azure, Grafana's auth
+/// proxy), which an app moving to sessiongate may still trust. The proxy never sets them and never
+/// forwards a client's copy.
+const FORWARDING_LOOKALIKES: [&str; 58] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
+    "client-ip",
+    "x-client-ip-address",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+    "x-originating-ip",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-proxyuser-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
     "fastly-client-ip",
@@ -88,6 +98,11 @@ const FORWARDING_LOOKALIKES: [&str; 21] = [
     "x-forwarded-server",
     "x-forwarded-ssl",
     "x-forwarded-protocol",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-method",
+    "x-forwarded-by",
+    "x-scheme",
     "x-original-host",
     "x-host",
     "x-original-uri",
@@ -95,7 +110,34 @@ const FORWARDING_LOOKALIKES: [&str; 21] = [
     "front-end-https",
     "x-envoy-original-path",
     "x-original-forwarded-for",
+    "x-forwarded-client-cert",
+    "x-forwarded-tls-client-cert",
+    "x-ssl-client-cert",
+    "ssl-client-cert",
+    "ssl-client-subject-dn",
+    "ssl-client-verify",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "remote-user",
+    "x-remote-user",
+    "x-webauth-user",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "x-goog-iap-jwt-assertion",
+    "cf-access-authenticated-user-email",
+    "cf-access-jwt-assertion",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-data",
+    "x-amzn-oidc-accesstoken",
+    "x-pomerium-jwt-assertion",
+    "x-ms-client-principal-name",
 ];
+
+/// Prefixes of look-alike families (Azure's `X-MS-CLIENT-PRINCIPAL*`).
+const FORWARDING_LOOKALIKE_PREFIXES: [&str; 1] = ["x-ms-client-principal"];
 
 /// `_` read as `-` here too: Rack and WSGI apps see `X_Forwarded_Host` as `X-Forwarded-Host`.
 fn is_forwarding(name: &str) -> bool {
@@ -103,6 +145,9 @@ fn is_forwarding(name: &str) -> bool {
         .iter()
         .chain(FORWARDING_LOOKALIKES.iter())
         .any(|f| folded_eq(name, f))
+        || FORWARDING_LOOKALIKE_PREFIXES
+            .iter()
+            .any(|p| name.len() >= p.len() && folded_eq(&name[..p.len()], p))
 }
 
 /// `name` equals the lower-case `target` with `_` read as `-` (no allocation: this runs for
@@ -187,13 +232,21 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
 /// verified (a site with `forward_session_cookie`). The other pairs pass byte for byte, joined
 /// with `; ` into one header. Untouched when there is nothing to remove.
 pub fn remove_session_cookie(req: &mut RequestHeader, name: &str, keep: Option<&str>) {
+    let wanted = lenient_name(name.as_bytes());
     let doomed = |pair: &[u8]| {
         let (n, v) = split_pair(pair);
-        n.eq_ignore_ascii_case(name.as_bytes())
-            && !(keep
-                .is_some_and(|k| n == name.as_bytes() && cookie_value(v) == Some(k.as_bytes())))
+        if keep.is_some_and(|k| n == name.as_bytes() && cookie_value(v) == Some(k.as_bytes())) {
+            return false;
+        }
+        // Rack and Python's SimpleCookie also split on `,`: `a=1, nix_session=…` is a session
+        // cookie to them. A nameless pair is one too if its value reads as the name.
+        pair.split(|b| *b == b',')
+            .any(|part| lenient_name(name_as_read(part)) == wanted)
     };
-    if !cookie_pairs(req).any(doomed) {
+    let crumbs = req.headers.get_all("cookie").iter().count();
+    // HTTP/2 sends cookies as crumbs, one header each; an HTTP/1.1 app must get one header
+    // (RFC 9113 8.2.3), or some frameworks see only the first.
+    if crumbs <= 1 && !cookie_pairs(req).any(doomed) {
         return;
     }
     let mut kept: Vec<u8> = Vec::new();
@@ -212,16 +265,29 @@ pub fn remove_session_cookie(req: &mut RequestHeader, name: &str, keep: Option<&
     }
 }
 
-/// Drops an upstream `Set-Cookie` for the session cookie (any case): only the platform sets it.
-/// Returns how many were dropped.
+/// The name a lenient parser reads for a pair: its own, or for a nameless pair (no `=`, or an
+/// empty name) the one its value gives.
+fn name_as_read(pair: &[u8]) -> &[u8] {
+    let (n, v) = split_pair(pair);
+    if !n.is_empty() {
+        return n;
+    }
+    match split_pair(v) {
+        (n, _) if !n.is_empty() => n,
+        (_, v) => v,
+    }
+}
+
+/// Drops an upstream `Set-Cookie` for the session cookie: only the platform sets it. Any name
+/// that reads as the session cookie's counts (see [`lenient_name`]), and so does a nameless
+/// cookie whose value does (`Set-Cookie: nix_session` or `=nix_session=…`: browsers send it back
+/// as a bare `nix_session`). Returns how many were dropped.
 pub fn drop_session_set_cookie(resp: &mut ResponseHeader, name: &str) -> usize {
+    let wanted = lenient_name(name.as_bytes());
     let values: Vec<_> = resp.headers.get_all("set-cookie").iter().cloned().collect();
     let is_session = |v: &http::HeaderValue| {
-        let s = String::from_utf8_lossy(v.as_bytes());
-        s.split(';')
-            .next()
-            .and_then(|p| p.split_once('='))
-            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        let first = v.as_bytes().split(|b| *b == b';').next().unwrap_or(&[]);
+        lenient_name(name_as_read(first)) == wanted
     };
     let dropped = values.iter().filter(|v| is_session(v)).count();
     if dropped == 0 {
@@ -236,9 +302,10 @@ pub fn drop_session_set_cookie(resp: &mut ResponseHeader, name: &str) -> usize {
 }
 
 /// Percent-encoded in header values: `%` itself, so that an encoded value and a literal one
-/// can never read the same (`%C3%A9` arrives as `%25C3%25A9`, `é` as `%C3%A9`), every non-ASCII
-/// byte, and controls (which never get this far: they reject the token).
-const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+/// can never read the same (`%C3%A9` arrives as `%25C3%25A9`, `é` as `%C3%A9`), the space (an
+/// HTTP parser strips it at either end, so `" u"` would read as `"u"`), every non-ASCII byte,
+/// and controls (which never get this far: they reject the token).
+const HEADER_ENCODED: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
 
 /// A claim value as it goes into a header: `%` and non-ASCII percent-encoded as UTF-8, so a
 /// standard percent-decoder gives the claim back exactly.
@@ -339,15 +406,15 @@ pub fn set_forwarded(
 const URL_OVERRIDES: [&str; 3] = ["x-original-url", "x-rewrite-url", "x-override-url"];
 
 /// Cache directives aimed at one kind of cache, which such caches honour over `Cache-Control`
-/// (RFC 9213 and the CDNs' own): an impersonated page must not be stored by any of them.
-const TARGETED_CACHE_CONTROL: [&str; 6] = [
-    "cdn-cache-control",
-    "surrogate-control",
-    "cloudflare-cdn-cache-control",
-    "vercel-cdn-cache-control",
-    "x-accel-expires",
-    "edge-control",
-];
+/// (RFC 9213's `<target>-Cache-Control`, and the CDNs' own): an impersonated page must not be
+/// stored by any of them.
+fn is_targeted_cache_directive(name: &str) -> bool {
+    (name.len() > "-cache-control".len() && name.ends_with("-cache-control"))
+        || matches!(
+            name,
+            "surrogate-control" | "x-accel-expires" | "edge-control"
+        )
+}
 
 /// An impersonated response must never be stored by a shared cache, nor served to the user
 /// later from a private one.
@@ -362,8 +429,15 @@ pub fn mark_private(resp: &mut ResponseHeader) -> pingora::Result<()> {
         resp.append_header("vary", "Cookie")?;
     }
     resp.remove_header("expires");
-    for h in TARGETED_CACHE_CONTROL {
-        resp.remove_header(h);
+    let targeted: Vec<String> = resp
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| is_targeted_cache_directive(k))
+        .map(str::to_string)
+        .collect();
+    for h in targeted {
+        resp.remove_header(&h);
     }
     Ok(())
 }
@@ -621,6 +695,7 @@ mod tests {
             "CDN-Cache-Control",
             "Surrogate-Control",
             "Cloudflare-CDN-Cache-Control",
+            "Netlify-CDN-Cache-Control",
             "X-Accel-Expires",
             "Edge-Control",
         ] {
@@ -641,7 +716,8 @@ mod tests {
             "a literal % is encoded too"
         );
         assert_eq!(header_encode("é"), "%C3%A9");
-        assert_eq!(header_encode("a b,c"), "a b,c");
+        assert_eq!(header_encode("a b,c"), "a%20b,c");
+        assert_eq!(header_encode(" u "), "%20u%20");
     }
 
     #[test]

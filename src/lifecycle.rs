@@ -119,9 +119,12 @@ impl BackgroundService for Lifecycle {
             snap.config.liveness.redis_url.clone(),
         ) {
             let shared = self.shared.clone();
-            let ended_ttl = snap.config.liveness.ended_ttl;
+            let memory = crate::fanout::Memory {
+                ended_ttl: snap.config.liveness.ended_ttl,
+                retention: snap.config.revocation_floor(),
+            };
             let url = String::from_utf8_lossy(&url.0).into_owned();
-            tokio::spawn(async move { fanout.run(url, &shared.liveness, ended_ttl).await });
+            tokio::spawn(async move { fanout.run(url, &shared.liveness, memory).await });
         }
         drop(snap);
         tokio::select! {

@@ -97,7 +97,14 @@ pub fn canonical_path(target: &str) -> CanonicalPath {
             ".." => {
                 segments.pop();
             }
-            s => segments.push(s),
+            s => {
+                // Windows servers and IIS drop a trailing dot or space (`/account.` is
+                // `/account`), and Spring's `trimTokens` the space.
+                if s.ends_with(['.', ' ']) {
+                    ambiguous = true;
+                }
+                segments.push(s)
+            }
         }
     }
     CanonicalPath {
@@ -204,15 +211,35 @@ pub fn is_public(site: &SitePolicy, path: &CanonicalPath) -> bool {
     !path.ambiguous && site.public_paths.iter().any(|r| r.matches(&path.path))
 }
 
-/// The first deny rule matching this method and canonical path.
+/// The path without a format suffix on its last segment (`/account.json` -> `/account`): Rails'
+/// `(.:format)` and Spring's suffix matching route both to one handler.
+fn without_format(path: &str) -> Option<&str> {
+    let last = path.rfind('/')?;
+    let dot = last + path[last..].rfind('.')?;
+    (dot > last + 1).then(|| &path[..dot])
+}
+
+/// Does a rule's method list cover this method? A rule that names GET covers HEAD too: every
+/// common router runs the GET handler for HEAD, side effects included.
+fn covers(methods: &[String], method: &str) -> bool {
+    methods.is_empty()
+        || methods.iter().any(|m| {
+            m.eq_ignore_ascii_case(method)
+                || (m.eq_ignore_ascii_case("GET") && method.eq_ignore_ascii_case("HEAD"))
+        })
+}
+
+/// The first deny rule matching this method and canonical path (or the path without a format
+/// suffix: deny rules err on the side of refusing).
 pub fn denied<'a>(
     rules: &'a [DenyRule],
     method: &str,
     path: &CanonicalPath,
 ) -> Option<&'a DenyRule> {
+    let bare = without_format(&path.path);
     rules.iter().find(|r| {
-        (r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
-            && r.path.matches(&path.path)
+        covers(&r.methods, method)
+            && (r.path.matches(&path.path) || bare.is_some_and(|b| r.path.matches(b)))
     })
 }
 
@@ -224,23 +251,159 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-http-method",
 ];
 
-/// The request's method and every method an override header names, upper-cased. Override
-/// headers are matched with `_` read as `-`: Rack and WSGI read `X_HTTP_Method_Override` as
-/// `X-HTTP-Method-Override`.
+/// The parameter Rails, Rack, Laravel, Symfony and Sinatra read as the method of a POST (from
+/// the form body; Symfony and Laravel also from the query).
+const METHOD_PARAM: &str = "_method";
+
+fn upper_methods(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split(',')
+        .map(|m| m.trim().to_ascii_uppercase())
+        .filter(|m| !m.is_empty())
+}
+
+/// The request's method and every method an override names (a header, or `_method` in the
+/// query), upper-cased. Override headers are matched with `_` read as `-`: Rack and WSGI read
+/// `X_HTTP_Method_Override` as `X-HTTP-Method-Override`.
 pub fn effective_methods(req: &RequestHeader) -> Vec<String> {
     let mut out = vec![req.method.as_str().to_ascii_uppercase()];
     for (name, v) in req.headers.iter() {
-        if !METHOD_OVERRIDES.iter().any(|h| folded_eq(name.as_str(), h)) {
-            continue;
+        if METHOD_OVERRIDES.iter().any(|h| folded_eq(name.as_str(), h)) {
+            out.extend(upper_methods(&String::from_utf8_lossy(v.as_bytes())));
         }
-        let v = String::from_utf8_lossy(v.as_bytes());
-        out.extend(
-            v.split(',')
-                .map(|m| m.trim().to_ascii_uppercase())
-                .filter(|m| !m.is_empty()),
-        );
+    }
+    if let Some(query) = req.uri.query() {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k == METHOD_PARAM {
+                out.extend(upper_methods(&v));
+            }
+        }
     }
     out
+}
+
+/// A body `_method` can hide in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormKind {
+    UrlEncoded,
+    Multipart,
+}
+
+/// The form kind of a POST body, from its `Content-Type`.
+pub fn form_kind(req: &RequestHeader) -> Option<FormKind> {
+    if req.method != http::Method::POST {
+        return None;
+    }
+    let ct = req.headers.get("content-type")?.to_str().ok()?;
+    let ct = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "application/x-www-form-urlencoded" => Some(FormKind::UrlEncoded),
+        "multipart/form-data" => Some(FormKind::Multipart),
+        _ => None,
+    }
+}
+
+/// Must the form body be read before deciding? Only for a form POST to a path that a deny rule
+/// covers for some method other than POST (a `_method` in the body could turn it into that one).
+pub fn body_may_override(site: &SitePolicy, req: &RequestHeader, path: &CanonicalPath) -> bool {
+    form_kind(req).is_some()
+        && site.deny.iter().any(|r| {
+            !covers(&r.methods, "POST")
+                && (r.path.matches(&path.path)
+                    || without_format(&path.path).is_some_and(|b| r.path.matches(b)))
+        })
+}
+
+/// The `_method` values of a form body.
+pub fn body_methods(kind: FormKind, body: &[u8]) -> Vec<String> {
+    match kind {
+        FormKind::UrlEncoded => form_urlencoded::parse(body)
+            .filter(|(k, _)| k == METHOD_PARAM)
+            .flat_map(|(_, v)| upper_methods(&v).collect::<Vec<_>>())
+            .collect(),
+        FormKind::Multipart => {
+            // `Content-Disposition: form-data; name="_method"`, a blank line, the value.
+            let marker = b"name=\"_method\"";
+            let mut out = Vec::new();
+            let mut rest = body;
+            while let Some(at) = find(rest, marker) {
+                rest = &rest[at + marker.len()..];
+                let Some(start) = find(rest, b"\r\n\r\n") else {
+                    break;
+                };
+                let value = &rest[start + 4..];
+                let end = find(value, b"\r\n").unwrap_or(value.len());
+                out.extend(upper_methods(&String::from_utf8_lossy(&value[..end])));
+                rest = &value[end..];
+            }
+            out
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The most of a form body read to find its `_method`: Pingora's replay buffer, which sends what
+/// was read to the upstream before the rest of the body.
+pub const MAX_JUDGED_BODY: usize = 64 * 1024;
+
+/// Reads a form body (kept for the upstream) to judge the methods it names. A body larger than
+/// [`MAX_JUDGED_BODY`] is refused: its `_method` could hide past what can be held.
+pub async fn read_body_methods(
+    session: &mut pingora::proxy::Session,
+) -> Result<Vec<String>, Refusal> {
+    let Some(kind) = form_kind(session.req_header()) else {
+        return Ok(Vec::new());
+    };
+    let too_large = || {
+        Refusal::error(
+            413,
+            "form_too_large",
+            "This form is too large to be checked while impersonating.",
+            "denied",
+        )
+        .audited(AuditNote {
+            event: FORBIDDEN_ATTEMPT,
+            reason: Some(format!(
+                "form body over {} KiB on a route with deny rules",
+                MAX_JUDGED_BODY / 1024
+            )),
+            canonical_path: None,
+        })
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_JUDGED_BODY) {
+        return Err(too_large().closing());
+    }
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_JUDGED_BODY {
+                    return Err(too_large().closing());
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Refusal::bad_request("The request body could not be read.").closing());
+            }
+        }
+    }
+    Ok(body_methods(kind, &body))
 }
 
 const FORBIDDEN_ATTEMPT: &str = "impersonation.forbidden_attempt";
@@ -252,6 +415,7 @@ pub fn impersonation_refusal(
     site: &SitePolicy,
     req: &RequestHeader,
     path: &CanonicalPath,
+    body_methods: &[String],
 ) -> Option<Refusal> {
     let (refusal, reason) = if path.ambiguous {
         (
@@ -264,7 +428,8 @@ pub fn impersonation_refusal(
             "ambiguous path".to_string(),
         )
     } else {
-        let methods = effective_methods(req);
+        let mut methods = effective_methods(req);
+        methods.extend_from_slice(body_methods);
         let (method, rule) = methods
             .iter()
             .find_map(|m| denied(&site.deny, m, path).map(|r| (m, r)))?;
@@ -497,9 +662,9 @@ mod tests {
         let site = site();
         let path = canonical_path("/Settings//password/");
         let get = req("/settings/password", &[]);
-        assert_eq!(impersonation_refusal(&site, &get, &path), None);
+        assert_eq!(impersonation_refusal(&site, &get, &path, &[]), None);
         let overridden = req("/settings/password", &[("X_HTTP_Method_Override", "post")]);
-        let r = impersonation_refusal(&site, &overridden, &path).expect("denied");
+        let r = impersonation_refusal(&site, &overridden, &path, &[]).expect("denied");
         assert_eq!(
             (r.status, r.code(), r.outcome),
             (403, "forbidden_while_impersonating", "denied")
@@ -512,8 +677,81 @@ mod tests {
             Some("POST /settings/password is denied while impersonating")
         );
         let ambiguous = canonical_path("/anything%2Fat-all");
-        let r = impersonation_refusal(&site, &get, &ambiguous).expect("refused");
+        let r = impersonation_refusal(&site, &get, &ambiguous, &[]).expect("refused");
         assert_eq!((r.status, r.code()), (400, "ambiguous_path"));
+    }
+
+    #[test]
+    fn method_parameters_head_and_format_suffixes_are_judged() {
+        let site = SitePolicy {
+            public_paths: vec![],
+            deny: vec![
+                DenyRule {
+                    methods: vec!["DELETE".into()],
+                    path: PathRule::parse("/account").expect("rule"),
+                },
+                DenyRule {
+                    methods: vec!["GET".into()],
+                    path: PathRule::parse("/export").expect("rule"),
+                },
+            ],
+        };
+        let refused = |method: &str, target: &str, headers: &[(&str, &str)], body: &[String]| {
+            let mut r = RequestHeader::build(method, target.as_bytes(), None).expect("request");
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).expect("header");
+            }
+            let path = canonical_path(target);
+            impersonation_refusal(&site, &r, &path, body).map(|r| r.status)
+        };
+        assert_eq!(
+            refused("POST", "/account?_method=delete", &[], &[]),
+            Some(403)
+        );
+        assert_eq!(
+            refused("POST", "/account", &[], &["DELETE".into()]),
+            Some(403)
+        );
+        assert_eq!(refused("POST", "/account", &[], &[]), None);
+        assert_eq!(refused("HEAD", "/export", &[], &[]), Some(403));
+        assert_eq!(refused("DELETE", "/account.json", &[], &[]), Some(403));
+        assert_eq!(refused("DELETE", "/account.", &[], &[]), Some(400));
+        assert_eq!(refused("DELETE", "/account%20", &[], &[]), Some(400));
+        assert_eq!(refused("GET", "/account.json", &[], &[]), None);
+
+        let form = |ct: &str| {
+            let mut r = RequestHeader::build("POST", b"/account", None).expect("request");
+            r.append_header("content-type", ct).expect("header");
+            r
+        };
+        let path = canonical_path("/account");
+        assert!(body_may_override(
+            &site,
+            &form("application/x-www-form-urlencoded"),
+            &path
+        ));
+        assert!(body_may_override(
+            &site,
+            &form("multipart/form-data; boundary=x"),
+            &path
+        ));
+        assert!(!body_may_override(&site, &form("application/json"), &path));
+        assert!(!body_may_override(
+            &site,
+            &form("application/x-www-form-urlencoded"),
+            &canonical_path("/other")
+        ));
+        assert_eq!(
+            body_methods(FormKind::UrlEncoded, b"a=1&_method=delete&b=2"),
+            vec!["DELETE"]
+        );
+        assert_eq!(
+            body_methods(
+                FormKind::Multipart,
+                b"--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\npatch\r\n--x--\r\n"
+            ),
+            vec!["PATCH"]
+        );
     }
 
     #[test]

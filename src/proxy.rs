@@ -132,11 +132,20 @@ impl Proxy {
             };
             ctx.impersonating = liveness::admit(&self.shared.liveness, admission, auditor).await?;
         }
-        if ctx.impersonating
-            && let Some(r) = policy::impersonation_refusal(&site.policy, req, &path)
-        {
-            return Err(r);
+        if ctx.impersonating {
+            // A `_method` in a form body could make this POST a denied method: read it first.
+            let body_methods = if policy::body_may_override(&site.policy, req, &path) {
+                policy::read_body_methods(session).await?
+            } else {
+                Vec::new()
+            };
+            let req = session.req_header();
+            if let Some(r) = policy::impersonation_refusal(&site.policy, req, &path, &body_methods)
+            {
+                return Err(r);
+            }
         }
+        let req = session.req_header();
         if ctx.session.is_none()
             && let Some(r) =
                 policy::unauthenticated_refusal(&site.unauthenticated, req, &ctx.host.host, "http")

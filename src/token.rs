@@ -39,12 +39,25 @@ pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
         .filter(|p| !p.is_empty())
 }
 
-/// A pair's name and value (both trimmed); a pair without `=` has an empty value.
+/// A pair's name and value (both trimmed). A pair without `=` is a cookie with an empty name
+/// (RFC 6265bis): what a browser sends back for `Set-Cookie: nix_session`, never a session.
 pub fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
     match pair.iter().position(|b| *b == b'=') {
         Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
-        None => (pair.trim_ascii(), &[]),
+        None => (&[], pair.trim_ascii()),
     }
+}
+
+/// A cookie name as the most lenient parsers read it: percent-decoded (Rack, PHP), `.`, ` ` and
+/// `[` read as `_` (PHP), case folded. Two names with the same reading are the same cookie to
+/// some app.
+pub fn lenient_name(name: &[u8]) -> Vec<u8> {
+    percent_encoding::percent_decode(name)
+        .map(|b| match b {
+            b'.' | b' ' | b'[' => b'_',
+            b => b.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// RFC 6265 cookie-value: cookie-octets, optionally inside double quotes. `None` when the value
@@ -497,7 +510,9 @@ fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
 fn claim_string(name: &str, v: &Value) -> Result<String, TokenError> {
     let s = match v {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        // Whole numbers only: a fraction or an integer beyond 64 bits is a float here, and two
+        // different ids would read alike after rounding.
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
         _ => return Err(TokenError::InvalidClaim(name.to_string())),
     };
     if s.trim().is_empty() || s.chars().any(|c| c.is_control()) {

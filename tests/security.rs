@@ -506,7 +506,7 @@ async fn header_values_encode_percent_so_encoded_and_literal_claims_differ() {
     for (path, sub, want) in [
         ("/pct/literal", "%C3%A9", "%25C3%25A9"),
         ("/pct/utf8", "\u{e9}", "%C3%A9"),
-        ("/pct/mixed", "50% caf\u{e9}", "50%25 caf%C3%A9"),
+        ("/pct/mixed", "50% caf\u{e9}", "50%25%20caf%C3%A9"),
     ] {
         let cookie = session_cookie(&token(&claims_with(json!({ "sub": sub }))));
         let r = get(&sc, HOST, path, &[("Cookie", cookie.as_bytes())]).await;
@@ -616,12 +616,13 @@ async fn bidi_controls_in_claims_are_neutralised_in_the_banner() {
     for r in ["&#x202e;", "&#x2067;", "&#x200f;"] {
         assert!(!lower.contains(r), "{r} in the banner: {html}");
     }
+    // Shown, so that the admin sees the address is not what it seems.
     assert!(
-        html.contains("<bdi class=\"sg-who\">moc.evil@ana</bdi>"),
+        html.contains("<bdi class=\"sg-who\">[U+202E]moc.evil@ana</bdi>"),
         "{html}"
     );
     assert!(
-        html.contains("<bdi class=\"sg-admin\">root@nixtech.app</bdi>"),
+        html.contains("<bdi class=\"sg-admin\">root@nixtech.app[U+2067][U+200F]</bdi>"),
         "{html}"
     );
 }
@@ -674,4 +675,58 @@ async fn the_tenant_header_is_the_hosts_form_and_blank_claims_are_refused() {
             "{name}: a blank claim gave an identity"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Review 3: a form POST read for its `_method` still reaches the app whole
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_post_read_for_its_method_still_reaches_the_app_whole() {
+    let up = spawn_upstream().await;
+    let backend = spawn_backend().await;
+    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let cookie = imp_cookie("imp-form-body");
+    let form = |body: &str| {
+        let mut out = format!(
+            "POST /account HTTP/1.1\r\nHost: {HOST}\r\nCookie: {cookie}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    };
+
+    // Small and large (sent in many packets) forms whose `_method` is allowed reach the app as
+    // sent, byte for byte.
+    for (i, filler) in [10usize, 60_000].into_iter().enumerate() {
+        let body = format!("_method=patch&i={i}&note={}", "x".repeat(filler));
+        let r = raw_request(sc.addr, &form(&body)).await;
+        assert_eq!(r.status, 200, "form {i}");
+        let rec = up
+            .requests()
+            .into_iter()
+            .find(|q| {
+                q.body
+                    .ends_with(format!("i={i}&note={}", "x".repeat(filler)).as_bytes())
+            })
+            .unwrap_or_else(|| panic!("form {i} did not reach the app whole"));
+        assert_eq!(rec.body, body.as_bytes(), "form {i}");
+    }
+    // One whose `_method` is denied does not reach it at all.
+    let before = up.count();
+    let r = raw_request(sc.addr, &form("note=1&_method=DELETE")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(up.count(), before);
+    // A form too large to hold while judging it is refused (its `_method` could hide past it).
+    let big = format!("note={}&_method=DELETE", "y".repeat(70_000));
+    let r = raw_request(sc.addr, &form(&big)).await;
+    assert_eq!(r.status, 413, "{}", r.body_text());
+    assert_eq!(up.count(), before);
+    let ev = sc
+        .wait_for_audit(|e| e["event"] == "impersonation.forbidden_attempt" && e["status"] == 413)
+        .await;
+    assert!(ev.is_some(), "the refused large form is audited");
 }

@@ -1,7 +1,8 @@
 //! The banner's markup and its two static assets. Every value from the token is escaped for
 //! the HTML context it lands in; non-ASCII becomes a character reference so the banner reads
-//! right whatever the page's charset, and bidirectional controls are dropped and each value
-//! isolated, so a claim cannot make the banner display another address. The markup is
+//! right whatever the page's charset; invisible characters (bidi controls, zero-width and other
+//! default-ignorable code points) are shown as `[U+XXXX]` and each value is isolated, so a claim
+//! cannot make the banner display another address. The markup is
 //! well-formed XML as well as HTML (void elements closed, attributes valued, the XHTML
 //! namespace on its root), so an `application/xhtml+xml` page parses with it. Its URLs name the
 //! request's own origin, so an injected `<base>` cannot send them (and the page's script nonce)
@@ -22,22 +23,29 @@ pub fn escape(s: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             c if c.is_ascii() && !c.is_ascii_control() => out.push(c),
-            c if c.is_control() || is_bidi_control(c) => {}
+            c if c.is_control() => {}
+            // Shown, not dropped: `ceo[U+200B]@acme.com` and `ceo@acme.com` are two accounts,
+            // and the admin must be able to tell them apart.
+            c if is_invisible(c) => out.push_str(&format!("[U+{:04X}]", c as u32)),
             c => out.push_str(&format!("&#x{:x};", c as u32)),
         }
     }
     out
 }
 
-/// Unicode's explicit directional formatting characters (embeddings, overrides, isolates and
-/// marks). As character references the browser still obeys them, so `moc.live@nimda` behind a
-/// U+202E would display as another address.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+/// Characters a browser draws as nothing: Unicode's default-ignorable code points, the
+/// explicit bidirectional controls among them (as character references the browser still obeys
+/// them, so `moc.live@nimda` behind a U+202E would display as another address).
+fn is_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
 }
 
-/// A value from the token as banner text: escaped, without bidi controls, and isolated in a
-/// `<bdi>` so right-to-left characters in it cannot reorder the text around it.
+/// A value from the token as banner text: escaped, its invisible characters shown as `[U+XXXX]`,
+/// and isolated in a `<bdi>` so right-to-left characters in it cannot reorder the text around it.
 fn isolated(class: &str, value: &str) -> String {
     format!("<bdi class=\"{class}\">{}</bdi>", escape(value))
 }
@@ -272,17 +280,17 @@ mod tests {
     }
 
     #[test]
-    fn bidi_controls_are_dropped_and_values_isolated() {
+    fn invisible_characters_are_shown_and_values_isolated() {
         let mut i = info();
         i.admin_email = Some("\u{202E}moc.live@nimda\u{202C}".into());
-        i.target = "\u{2067}x\u{200F}@y".into();
+        i.target = "ceo\u{200B}@acme.com\u{E0041}".into();
         let html = banner_html(&i, None, "v");
-        for c in ["\u{202E}", "\u{202C}", "\u{2067}", "\u{200F}"] {
+        for c in ["\u{202E}", "\u{202C}", "\u{200B}", "\u{E0041}"] {
             assert!(!html.contains(c));
         }
         assert!(!html.to_ascii_lowercase().contains("&#x202e;"));
-        assert!(html.contains("<bdi class=\"sg-admin\">moc.live@nimda</bdi>"));
-        assert!(html.contains("<bdi class=\"sg-who\">x@y</bdi>"));
+        assert!(html.contains("<bdi class=\"sg-admin\">[U+202E]moc.live@nimda[U+202C]</bdi>"));
+        assert!(html.contains("<bdi class=\"sg-who\">ceo[U+200B]@acme.com[U+E0041]</bdi>"));
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct TokenConfig {
     pub issuer: Option<String>,
     pub audience: Option<Vec<String>>,
     pub leeway: Duration,
+    /// How long a revocation (an ended sid whose tokens this replica has not seen) is remembered.
+    pub revocation_retention: Duration,
     pub claims: ClaimPaths,
 }
 
@@ -200,6 +202,13 @@ impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String
 }
 
 impl Config {
+    /// How long an ended sid is remembered when no token of it is known here (an admin revoke,
+    /// a message from another replica without `until`): the revocation retention, and never less
+    /// than `ended_ttl`.
+    pub fn revocation_floor(&self) -> Duration {
+        self.token.revocation_retention.max(self.liveness.ended_ttl)
+    }
+
     /// Reads, parses and validates a config file against the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();

@@ -74,6 +74,9 @@ pub struct RawToken {
     pub audience: Option<Vec<String>>,
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// How long a revocation is remembered when the token it covers is not known.
+    #[serde(with = "humantime_serde")]
+    pub revocation_retention: Duration,
     pub claims: RawClaims,
 }
 
@@ -89,6 +92,7 @@ impl Default for RawToken {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            revocation_retention: Duration::from_secs(24 * 3600),
             claims: RawClaims::default(),
         }
     }

@@ -259,6 +259,7 @@ impl Validator<'_> {
         {
             self.err("token.audience", "must list non-empty audiences");
         }
+        self.positive("token.revocation_retention", t.revocation_retention);
         let claims = ClaimPaths {
             user_id: self.claim_path("token.claims.user_id", &t.claims.user_id),
             tenant_id: self.claim_path("token.claims.tenant_id", &t.claims.tenant_id),
@@ -274,6 +275,7 @@ impl Validator<'_> {
             issuer: t.issuer,
             audience: t.audience,
             leeway: t.leeway,
+            revocation_retention: t.revocation_retention,
             claims,
         })
     }
