@@ -160,7 +160,7 @@ fn header_rewrite(c: &mut Criterion) {
             || req.clone(),
             |mut r| {
                 headers::strip_inbound(&mut r, &names);
-                headers::remove_session_cookie(&mut r, "nix_session", None);
+                sessiongate::token::cookie::remove_session_cookie(&mut r, "nix_session", None);
                 headers::set_forwarded(&mut r, Some("127.0.0.1".to_string()), "cafe.bench.test")
                     .ok();
                 headers::inject(&mut r, &names, &identity, false).ok();

@@ -4,8 +4,10 @@
 //! response's headers (no upstream `Set-Cookie` for the session cookie, nothing cacheable
 //! while impersonating).
 
+use crate::policy::{fold_byte, folded_eq};
 use crate::response::Refusal;
-use crate::token::{Identity, cookie_pairs, cookie_value, lenient_name, split_pair};
+use crate::token::Identity;
+use crate::token::cookie::remove_session_cookie;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -46,14 +48,6 @@ impl IdentityHeaders {
                 .bytes()
                 .zip(self.family.bytes())
                 .all(|(a, b)| fold_byte(a) == b)
-    }
-}
-
-fn fold_byte(b: u8) -> u8 {
-    if b == b'_' {
-        b'-'
-    } else {
-        b.to_ascii_lowercase()
     }
 }
 
@@ -150,16 +144,6 @@ fn is_forwarding(name: &str) -> bool {
             .any(|p| name.len() >= p.len() && folded_eq(&name[..p.len()], p))
 }
 
-/// `name` equals the lower-case `target` with `_` read as `-` (no allocation: this runs for
-/// every header of every request).
-pub fn folded_eq(name: &str, target: &str) -> bool {
-    name.len() == target.len()
-        && name
-            .bytes()
-            .zip(target.bytes())
-            .all(|(a, b)| fold_byte(a) == b)
-}
-
 /// The tokens of every `Connection` header, lower-cased (a header that is not ASCII is read
 /// lossily: its odd bytes cannot form a header name anyway).
 fn connection_tokens(req: &RequestHeader) -> Vec<String> {
@@ -225,80 +209,6 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
         // Infallible: the tokens are lower-case ASCII from a header value.
         let _ = req.insert_header("connection", keep.join(", "));
     }
-}
-
-/// Removes the session cookie from the `Cookie` headers: every pair whose name is the session
-/// cookie's in any case, except, with `keep`, the exact pair that carried the token the proxy
-/// verified (a site with `forward_session_cookie`). The other pairs pass byte for byte, joined
-/// with `; ` into one header. Untouched when there is nothing to remove.
-pub fn remove_session_cookie(req: &mut RequestHeader, name: &str, keep: Option<&str>) {
-    let wanted = lenient_name(name.as_bytes());
-    let doomed = |pair: &[u8]| {
-        let (n, v) = split_pair(pair);
-        if keep.is_some_and(|k| n == name.as_bytes() && cookie_value(v) == Some(k.as_bytes())) {
-            return false;
-        }
-        // Rack and Python's SimpleCookie also split on `,`: `a=1, nix_session=…` is a session
-        // cookie to them. A nameless pair is one too if its value reads as the name.
-        pair.split(|b| *b == b',')
-            .any(|part| lenient_name(name_as_read(part)) == wanted)
-    };
-    let crumbs = req.headers.get_all("cookie").iter().count();
-    // HTTP/2 sends cookies as crumbs, one header each; an HTTP/1.1 app must get one header
-    // (RFC 9113 8.2.3), or some frameworks see only the first.
-    if crumbs <= 1 && !cookie_pairs(req).any(doomed) {
-        return;
-    }
-    let mut kept: Vec<u8> = Vec::new();
-    for pair in cookie_pairs(req).filter(|p| !doomed(p)) {
-        if !kept.is_empty() {
-            kept.extend_from_slice(b"; ");
-        }
-        kept.extend_from_slice(pair);
-    }
-    req.remove_header("cookie");
-    if !kept.is_empty() {
-        // The pairs came from valid header values (no CR, LF or NUL), so this cannot fail.
-        if let Ok(v) = http::HeaderValue::from_bytes(&kept) {
-            let _ = req.insert_header("cookie", v);
-        }
-    }
-}
-
-/// The name a lenient parser reads for a pair: its own, or for a nameless pair (no `=`, or an
-/// empty name) the one its value gives.
-fn name_as_read(pair: &[u8]) -> &[u8] {
-    let (n, v) = split_pair(pair);
-    if !n.is_empty() {
-        return n;
-    }
-    match split_pair(v) {
-        (n, _) if !n.is_empty() => n,
-        (_, v) => v,
-    }
-}
-
-/// Drops an upstream `Set-Cookie` for the session cookie: only the platform sets it. Any name
-/// that reads as the session cookie's counts (see [`lenient_name`]), and so does a nameless
-/// cookie whose value does (`Set-Cookie: nix_session` or `=nix_session=…`: browsers send it back
-/// as a bare `nix_session`). Returns how many were dropped.
-pub fn drop_session_set_cookie(resp: &mut ResponseHeader, name: &str) -> usize {
-    let wanted = lenient_name(name.as_bytes());
-    let values: Vec<_> = resp.headers.get_all("set-cookie").iter().cloned().collect();
-    let is_session = |v: &http::HeaderValue| {
-        let first = v.as_bytes().split(|b| *b == b';').next().unwrap_or(&[]);
-        lenient_name(name_as_read(first)) == wanted
-    };
-    let dropped = values.iter().filter(|v| is_session(v)).count();
-    if dropped == 0 {
-        return 0;
-    }
-    resp.remove_header("set-cookie");
-    for v in values.into_iter().filter(|v| !is_session(v)) {
-        // Infallible: re-appending values that were already in this header map.
-        let _ = resp.append_header("set-cookie", v);
-    }
-    dropped
 }
 
 /// Percent-encoded in header values: `%` itself, so that an encoded value and a literal one
@@ -505,7 +415,6 @@ pub fn request_head_size(req: &RequestHeader) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{SessionCookie, session_cookie};
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("request");
@@ -538,113 +447,6 @@ mod tests {
         assert_eq!(
             r.headers.get("connection").map(|v| v.as_bytes()),
             Some(&b"keep-alive"[..])
-        );
-    }
-
-    #[test]
-    fn session_cookie_lookup() {
-        let one = req(&[("Cookie", "a=1; nix_session=t1; b=2")]);
-        assert_eq!(
-            session_cookie(&one, "nix_session"),
-            SessionCookie::One("t1".into())
-        );
-        let same = req(&[("Cookie", "nix_session=t1"), ("Cookie", "nix_session=t1")]);
-        assert_eq!(
-            session_cookie(&same, "nix_session"),
-            SessionCookie::One("t1".into())
-        );
-        let toss = req(&[("Cookie", "nix_session=t1; nix_session=t2")]);
-        assert_eq!(
-            session_cookie(&toss, "nix_session"),
-            SessionCookie::Conflict
-        );
-        let other_case = req(&[("Cookie", "NIX_SESSION=t1")]);
-        assert_eq!(
-            session_cookie(&other_case, "nix_session"),
-            SessionCookie::Absent
-        );
-    }
-
-    #[test]
-    fn removes_only_the_session_cookie() {
-        let mut r = req(&[("Cookie", "a=1; nix_session=t; b=\"x y\"; NIX_Session=z")]);
-        remove_session_cookie(&mut r, "nix_session", None);
-        assert_eq!(
-            r.headers.get("cookie").map(|v| v.as_bytes()),
-            Some(&b"a=1; b=\"x y\""[..])
-        );
-        let mut only = req(&[("Cookie", "nix_session=t")]);
-        remove_session_cookie(&mut only, "nix_session", None);
-        assert!(only.headers.get("cookie").is_none());
-        let mut untouched = req(&[("Cookie", "a=1;b=2")]);
-        remove_session_cookie(&mut untouched, "nix_session", None);
-        assert_eq!(
-            untouched.headers.get("cookie").map(|v| v.as_bytes()),
-            Some(&b"a=1;b=2"[..])
-        );
-    }
-
-    fn req_bytes(cookie: &[u8]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
-        r.append_header(
-            "cookie",
-            http::HeaderValue::from_bytes(cookie).expect("header bytes"),
-        )
-        .expect("header");
-        r
-    }
-
-    #[test]
-    fn cookie_headers_are_bytes_and_one_odd_pair_hides_nothing() {
-        // UTF-8 from document.cookie, and a byte that is not UTF-8 at all.
-        for odd in [&b"pref=caf\xc3\xa9"[..], b"x=\xff", b"\xfe\xff", b"a b=c d"] {
-            let mut header = b"nix_session=tok.en.x; ".to_vec();
-            header.extend_from_slice(odd);
-            header.extend_from_slice(b"; theme=dark");
-            let mut r = req_bytes(&header);
-            assert_eq!(
-                session_cookie(&r, "nix_session"),
-                SessionCookie::One("tok.en.x".into()),
-                "{odd:?}"
-            );
-            remove_session_cookie(&mut r, "nix_session", None);
-            let mut want = odd.to_vec();
-            want.extend_from_slice(b"; theme=dark");
-            assert_eq!(
-                r.headers.get("cookie").map(|v| v.as_bytes()),
-                Some(&want[..]),
-                "other pairs pass byte for byte"
-            );
-        }
-        let quoted = req_bytes(b"nix_session=\"t.o.k\"");
-        assert_eq!(
-            session_cookie(&quoted, "nix_session"),
-            SessionCookie::One("t.o.k".into())
-        );
-        // A session-named pair with bytes a cookie-value cannot hold still conflicts.
-        let tossed = req_bytes(b"nix_session=t.o.k; nix_session=t.o.k\xff");
-        assert_eq!(
-            session_cookie(&tossed, "nix_session"),
-            SessionCookie::Conflict
-        );
-    }
-
-    #[test]
-    fn only_the_verified_session_cookie_is_kept_when_forwarding() {
-        let mut r = req(&[(
-            "Cookie",
-            "a=1; nix_session=good; NIX_SESSION=x; nix_session=other",
-        )]);
-        remove_session_cookie(&mut r, "nix_session", Some("good"));
-        assert_eq!(
-            r.headers.get("cookie").map(|v| v.as_bytes()),
-            Some(&b"a=1; nix_session=good"[..])
-        );
-        let mut untouched = req(&[("Cookie", "a=1;nix_session=good")]);
-        remove_session_cookie(&mut untouched, "nix_session", Some("good"));
-        assert_eq!(
-            untouched.headers.get("cookie").map(|v| v.as_bytes()),
-            Some(&b"a=1;nix_session=good"[..])
         );
     }
 
@@ -732,18 +534,5 @@ mod tests {
         assert!(!framing_conflict(
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\nX-Transfer-Encoding: x\r\n\r\n"
         ));
-    }
-
-    #[test]
-    fn drops_session_set_cookie() {
-        let mut r = ResponseHeader::build(200, None).expect("response");
-        r.append_header("Set-Cookie", "a=1; Path=/").expect("h");
-        r.append_header("Set-Cookie", "NIX_SESSION=evil; Domain=.nixtech.app")
-            .expect("h");
-        r.append_header("Set-Cookie", " nix_session=evil")
-            .expect("h");
-        assert_eq!(drop_session_set_cookie(&mut r, "nix_session"), 2);
-        let left: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
-        assert_eq!(left, vec!["a=1; Path=/"]);
     }
 }

@@ -259,7 +259,7 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let dropped = headers::drop_session_set_cookie(resp, &ctx.snap.config.token.cookie);
+        let dropped = token::cookie::drop_session_set_cookie(resp, &ctx.snap.config.token.cookie);
         if dropped > 0 {
             tracing::warn!(
                 site = ctx.site_label(),

@@ -4,8 +4,8 @@
 
 use pingora::http::RequestHeader;
 use proptest::prelude::*;
-use sessiongate::headers::remove_session_cookie;
 use sessiongate::policy::{PathRule, canonical_path};
+use sessiongate::token::cookie::remove_session_cookie;
 use sessiongate::token::{MAX_TOKEN_LEN, precheck};
 use sessiongate::token::{SessionCookie, session_cookie};
 

@@ -1,8 +1,9 @@
 //! The streaming splice: upstream bytes -> decoder -> lol_html (banner after `<body …>`,
 //! `<meta>` CSP edited) -> encoder -> client bytes, one upstream chunk at a time.
 
+use crate::banner::csp;
 use crate::banner::encoding::{Coding, Decoder, Encoder, OutCoding};
-use crate::banner::{Nonce, csp};
+use crate::banner::nonce::Nonce;
 use crate::sync::lock;
 use lol_html::html_content::ContentType;
 use lol_html::html_content::Element;

@@ -1,118 +1,29 @@
 //! Steps 4-6, the token: the session cookie (parsed as bytes) -> verified claims -> `Identity`
 //! -> bound to the tenant the host names (`authenticate`). The algorithm is pinned by config and
 //! never read from the token; `exp` is required; every claim that becomes a header is checked
-//! here. The proxy's clock lives here too, since tokens are what it is read for.
+//! here. The proxy's clock lives here too, since tokens are what it is read for. `cookie` is
+//! the session cookie, `jwks` the keys fetched from a JWKS URL.
+
+pub mod cookie;
+mod jwks;
+
+pub use cookie::{SessionCookie, clearing_cookie, session_cookie};
+pub use jwks::{JWKS_MIN_REFRESH, Jwks};
 
 use crate::audit::{AuditEvent, Auditor};
 use crate::config::{KeySource, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
-use arc_swap::ArcSwap;
-use jsonwebtoken::DecodingKey;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Validation, decode};
 use pingora::http::RequestHeader;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// What the `Cookie` headers say about the session cookie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionCookie {
-    Absent,
-    One(String),
-    /// Several cookies of that name with different values: cookie tossing from a sibling
-    /// subdomain is indistinguishable from the real one, so there is no session.
-    Conflict,
-}
-
-/// The `name=value` pairs of every `Cookie` header, as bytes. A `Cookie` header is bytes, not
-/// text: browsers send what `document.cookie` set (UTF-8 included), and a sibling subdomain can
-/// plant such a cookie on the parent domain. So one odd byte never hides the rest of the header:
-/// pairs are split on `;` and trimmed, whatever they hold.
-pub fn cookie_pairs(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
-    req.headers
-        .get_all("cookie")
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
-}
-
-/// A pair's name and value (both trimmed). A pair without `=` is a cookie with an empty name
-/// (RFC 6265bis): what a browser sends back for `Set-Cookie: nix_session`, never a session.
-pub fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
-    match pair.iter().position(|b| *b == b'=') {
-        Some(i) => (pair[..i].trim_ascii(), pair[i + 1..].trim_ascii()),
-        None => (&[], pair.trim_ascii()),
-    }
-}
-
-/// A cookie name as the most lenient parsers read it: percent-decoded (Rack, PHP), `.`, ` ` and
-/// `[` read as `_` (PHP), case folded. Two names with the same reading are the same cookie to
-/// some app.
-pub fn lenient_name(name: &[u8]) -> Vec<u8> {
-    percent_encoding::percent_decode(name)
-        .map(|b| match b {
-            b'.' | b' ' | b'[' => b'_',
-            b => b.to_ascii_lowercase(),
-        })
-        .collect()
-}
-
-/// RFC 6265 cookie-value: cookie-octets, optionally inside double quotes. `None` when the value
-/// holds anything else (such a value is never a session).
-pub fn cookie_value(value: &[u8]) -> Option<&[u8]> {
-    let inner = match value {
-        [b'"', inner @ .., b'"'] => inner,
-        v => v,
-    };
-    let octet = |b: &u8| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
-    inner.iter().all(octet).then_some(inner)
-}
-
-/// Finds the session cookie by exact (case-sensitive) name. Pairs of other names are never
-/// looked at beyond their name, so their bytes do not matter. A session-named pair whose value
-/// is not a valid cookie-value still counts (as a value no token can match), so that it cannot
-/// be used to win against a conflicting one.
-pub fn session_cookie(req: &RequestHeader, name: &str) -> SessionCookie {
-    let mut found: Option<&[u8]> = None;
-    for pair in cookie_pairs(req) {
-        let (n, v) = split_pair(pair);
-        if n != name.as_bytes() {
-            continue;
-        }
-        let v = cookie_value(v).unwrap_or(v);
-        match found {
-            None => found = Some(v),
-            Some(prev) if prev == v => {}
-            Some(_) => return SessionCookie::Conflict,
-        }
-    }
-    match found {
-        Some(v) => SessionCookie::One(String::from_utf8_lossy(v).into_owned()),
-        None => SessionCookie::Absent,
-    }
-}
 
 /// Unix seconds now.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The `Set-Cookie` that clears the platform's session cookie (on the configured domain).
-pub fn clearing_cookie(cfg: &TokenConfig) -> String {
-    let domain = cfg
-        .cookie_domain
-        .as_deref()
-        .map(|d| format!("; Domain={d}"))
-        .unwrap_or_default();
-    format!(
-        "{}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{domain}; Path=/; Secure; HttpOnly; SameSite=Lax",
-        cfg.cookie
-    )
 }
 
 /// Tokens longer than this are refused before any decoding.
@@ -258,92 +169,6 @@ pub async fn authenticate(
         identity.tenant_id = host_tenant.map(str::to_string);
     }
     Some(Session { identity, token })
-}
-
-/// A JWKS refresh is asked for by tokens with an unknown `kid`; this bounds how often an
-/// attacker with random kids can make the proxy fetch.
-pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(5);
-
-/// Keys from a JWKS URL, by `kid`.
-pub struct Jwks {
-    url: String,
-    keys: ArcSwap<HashMap<String, DecodingKey>>,
-    /// A key without `kid`, used for tokens without one when it is the only key.
-    sole: ArcSwap<Option<DecodingKey>>,
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
-    http: reqwest::Client,
-}
-
-impl Jwks {
-    fn new(url: String) -> Jwks {
-        Jwks {
-            url,
-            keys: ArcSwap::from_pointee(HashMap::new()),
-            sole: ArcSwap::from_pointee(None),
-            last_fetch: tokio::sync::Mutex::new(None),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
-        }
-    }
-
-    fn key(&self, kid: Option<&str>) -> Option<DecodingKey> {
-        match kid {
-            Some(k) => self.keys.load().get(k).cloned(),
-            None => self.sole.load().as_ref().clone(),
-        }
-    }
-
-    /// Fetches the set again unless it was fetched within `JWKS_MIN_REFRESH`; concurrent
-    /// callers share one fetch.
-    pub async fn refresh(&self) {
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH) {
-            return;
-        }
-        *last = Some(Instant::now());
-        match self.fetch().await {
-            Ok((keys, sole)) => {
-                tracing::info!(keys = keys.len(), "JWKS refreshed");
-                self.keys.store(std::sync::Arc::new(keys));
-                self.sole.store(std::sync::Arc::new(sole));
-            }
-            Err(e) => tracing::warn!(error = %e, "JWKS fetch failed; keeping the previous keys"),
-        }
-    }
-
-    async fn fetch(&self) -> Result<(HashMap<String, DecodingKey>, Option<DecodingKey>), String> {
-        let resp = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("JWKS answered {}", resp.status()));
-        }
-        let set: JwkSet = resp.json().await.map_err(|e| e.to_string())?;
-        let mut keys = HashMap::new();
-        let mut anonymous = Vec::new();
-        for jwk in &set.keys {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            match &jwk.common.key_id {
-                Some(kid) => {
-                    keys.insert(kid.clone(), key);
-                }
-                None => anonymous.push(key),
-            }
-        }
-        let sole = match (anonymous.len(), keys.len()) {
-            (1, 0) => anonymous.pop(),
-            (0, 1) => keys.values().next().cloned(),
-            _ => None,
-        };
-        Ok((keys, sole))
-    }
 }
 
 /// Verifies tokens against one `[token]` config.

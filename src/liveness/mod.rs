@@ -1,57 +1,37 @@
-//! Step 7, liveness: is this impersonation still live? A reqwest client for the platform backend behind a moka
-//! cache: live answers for `cache_ttl`, single-flight per sid, and `on_error` deny/stale.
+//! Step 7, liveness: is this impersonation still live? The platform backend (`backend`) behind
+//! a moka cache: live answers for `cache_ttl`, single-flight per sid, and `on_error`
+//! deny/stale. `socket` guards upgraded (WebSocket) impersonating connections.
 //! "Ended" is terminal: a late "live" never overwrites it, and it is remembered at least
 //! `ended_ttl` and until the latest expiry a token of that sid can have (as far as this
 //! replica has seen one), so a backend that later answers "live" by mistake cannot bring an
 //! ended session back while its tokens still verify.
 
+pub mod backend;
+mod socket;
+
+pub use backend::{BackendError, classify, sid_url};
+pub use socket::{SocketGuard, is_upgrade};
+
 use crate::audit::Auditor;
 use crate::config::{LivenessConfig, OnError, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
 use crate::response::{Refusal, is_navigation};
-use crate::token::{Identity, Session, clearing_cookie, now};
+use crate::token::{Session, clearing_cookie, now};
 use moka::Expiry;
 use moka::future::Cache;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use pingora::http::RequestHeader;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Bounded size of each cache (sids are short strings; 100k entries is a few MB).
 const MAX_ENTRIES: u64 = 100_000;
-/// Backend answers larger than this are a contract violation.
-const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     Live,
     Ended,
-}
-
-/// Why the backend gave no usable answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackendError {
-    #[error("backend timed out")]
-    Timeout,
-    #[error("backend answered {0}")]
-    Status(u16),
-    #[error("backend connection failed")]
-    Transport,
-    #[error("backend answer does not follow the contract: {0}")]
-    Contract(&'static str),
-}
-
-impl BackendError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            BackendError::Timeout => "timeout",
-            BackendError::Status(_) => "status",
-            BackendError::Transport => "transport",
-            BackendError::Contract(_) => "contract",
-        }
-    }
 }
 
 /// What a lookup that reached the backend learned (errors are not cached; both outcomes are
@@ -141,42 +121,7 @@ impl Expiry<String, u64> for UntilExp {
 const LONGEST_MEMORY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn seconds_until(unix: u64) -> Duration {
-    Duration::from_secs(unix.saturating_sub(crate::token::now())).min(LONGEST_MEMORY)
-}
-
-/// Path-segment encoding: everything but unreserved characters, so a sid can never add a path
-/// segment, a query or a fragment to the backend URL.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-pub fn sid_url(template: &str, sid: &str) -> String {
-    template.replace("{sid}", &utf8_percent_encode(sid, SEGMENT).to_string())
-}
-
-/// Reads the backend's answer per the contract.
-pub fn classify(status: u16, body: &[u8]) -> Result<Liveness, BackendError> {
-    match status {
-        200..=299 => {
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Ok(Liveness::Live);
-            }
-            let v: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|_| BackendError::Contract("2xx body is not JSON"))?;
-            let obj = v
-                .as_object()
-                .ok_or(BackendError::Contract("2xx body is not a JSON object"))?;
-            match obj.get("active") {
-                None | Some(serde_json::Value::Bool(true)) => Ok(Liveness::Live),
-                Some(serde_json::Value::Bool(false)) => Ok(Liveness::Ended),
-                Some(_) => Err(BackendError::Contract("\"active\" is not a boolean")),
-            }
-        }
-        401 | 403 | 404 | 410 => Ok(Liveness::Ended),
-        s => Err(BackendError::Status(s)),
-    }
+    Duration::from_secs(unix.saturating_sub(now())).min(LONGEST_MEMORY)
 }
 
 /// The liveness checker. One per process: it survives config reloads.
@@ -220,6 +165,11 @@ impl LivenessChecker {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// `POST end_url` for this sid (see [`backend::end`]).
+    pub async fn end(&self, cfg: &LivenessConfig, sid: &str, cookie: &str) -> Result<(), String> {
+        backend::end(&self.http, cfg, sid, cookie).await
     }
 
     /// Sends every local end to `outbox` from now on (the fan-out to the other replicas).
@@ -338,7 +288,7 @@ impl LivenessChecker {
             .live
             .try_get_with(sid.to_string(), async {
                 ran.store(true, Ordering::Relaxed);
-                match self.fetch(cfg, sid, cookie).await {
+                match backend::fetch(&self.http, cfg, sid, cookie).await {
                     Ok(Liveness::Live) => Ok(Timed {
                         at: Instant::now(),
                         ttl: cfg.cache_ttl,
@@ -401,71 +351,6 @@ impl LivenessChecker {
         METRICS.liveness_lookups.with_label_values(&[label]).inc();
         l
     }
-
-    async fn fetch(
-        &self,
-        cfg: &LivenessConfig,
-        sid: &str,
-        cookie: Option<&str>,
-    ) -> Result<Liveness, BackendError> {
-        let started = Instant::now();
-        let result = self.fetch_inner(cfg, sid, cookie).await;
-        METRICS
-            .liveness_backend_seconds
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            METRICS
-                .liveness_backend_errors
-                .with_label_values(&[e.label()])
-                .inc();
-            tracing::warn!(error = %e, "liveness backend error");
-        }
-        result
-    }
-
-    async fn fetch_inner(
-        &self,
-        cfg: &LivenessConfig,
-        sid: &str,
-        cookie: Option<&str>,
-    ) -> Result<Liveness, BackendError> {
-        let mut req = self
-            .http
-            .get(sid_url(&cfg.url, sid))
-            .timeout(cfg.timeout)
-            .header("accept", "application/json");
-        if let Some(b) = &cfg.bearer {
-            req = req.bearer_auth(String::from_utf8_lossy(&b.0));
-        }
-        if cfg.forward_cookie
-            && let Some(c) = cookie
-        {
-            req = req.header("cookie", c);
-        }
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let body = read_limited(resp).await?;
-        classify(status, &body)
-    }
-}
-
-fn transport(e: reqwest::Error) -> BackendError {
-    if e.is_timeout() {
-        BackendError::Timeout
-    } else {
-        BackendError::Transport
-    }
-}
-
-pub async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, BackendError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(BackendError::Contract("body larger than 64 KiB"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// A local end, on its way to the other replicas.
@@ -476,41 +361,6 @@ pub struct Ended {
     pub ended_by: &'static str,
     /// Until when a token of this sid can still verify, when known.
     pub until: Option<u64>,
-}
-
-impl LivenessChecker {
-    /// `POST end_url`: ends the session at the backend. `Err` says why not.
-    pub async fn end(&self, cfg: &LivenessConfig, sid: &str, cookie: &str) -> Result<(), String> {
-        let mut req = self
-            .http
-            .post(sid_url(&cfg.end_url, sid))
-            .timeout(cfg.timeout.max(Duration::from_secs(2)))
-            .header("cookie", cookie)
-            .header("accept", "application/json");
-        if let Some(b) = &cfg.bearer {
-            req = req.bearer_auth(String::from_utf8_lossy(&b.0));
-        }
-        let resp = req.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = read_limited(resp).await.unwrap_or_default();
-        if end_succeeded(status, &body) {
-            return Ok(());
-        }
-        Err(format!("backend answered {status}"))
-    }
-}
-
-/// Did `end_url` end the session? `2xx` and `410 Gone` did; another `4xx` (a `404` included,
-/// which is also what a wrong `end_url` answers) only when its body says the session is
-/// already ended.
-pub fn end_succeeded(status: u16, body: &[u8]) -> bool {
-    if (200..300).contains(&status) || status == 410 {
-        return true;
-    }
-    (400..500).contains(&status)
-        && String::from_utf8_lossy(body)
-            .to_ascii_lowercase()
-            .contains("ended")
 }
 
 /// What an ended impersonation gets: navigations go to `after_end_url`, anything else a `401`;
@@ -580,108 +430,9 @@ pub async fn admit(
     }
 }
 
-/// A request asking to switch protocols (WebSocket).
-pub fn is_upgrade(req: &RequestHeader) -> bool {
-    req.headers.contains_key("upgrade")
-        && req.headers.get_all("connection").iter().any(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-}
-
-/// An upgraded (WebSocket) impersonating connection: closed on the first frame after its
-/// session ends or its token expires.
-pub struct SocketGuard {
-    ended: AtomicBool,
-    sid: String,
-    exp: u64,
-}
-
-impl SocketGuard {
-    /// Watches an upgraded impersonating connection: every `cache_ttl` (and at the token's
-    /// expiry) the session is checked again; an end flags the guard. The watcher stops when the
-    /// connection (the last strong handle) is gone.
-    pub fn watch(
-        checker: Arc<LivenessChecker>,
-        cfg: LivenessConfig,
-        id: &Identity,
-    ) -> Option<Arc<SocketGuard>> {
-        let imp = id.impersonation.as_ref()?;
-        let guard = Arc::new(SocketGuard {
-            ended: AtomicBool::new(false),
-            sid: imp.sid.clone(),
-            exp: id.exp,
-        });
-        let weak = Arc::downgrade(&guard);
-        tokio::spawn(async move {
-            loop {
-                let exp = weak.upgrade().map_or(0, |g| g.exp);
-                let left = Duration::from_secs(exp.saturating_sub(now()));
-                tokio::time::sleep(cfg.cache_ttl.min(left)).await;
-                let Some(g) = weak.upgrade() else { return };
-                let expired = now() >= g.exp;
-                let live = !expired
-                    && matches!(
-                        checker.check(&cfg, &g.sid, None, g.exp).await,
-                        Ok(Liveness::Live)
-                    );
-                if !live {
-                    g.ended.store(true, Ordering::Relaxed);
-                    return;
-                }
-            }
-        });
-        Some(guard)
-    }
-
-    /// Refuses a frame of an upgraded connection whose impersonation is over.
-    pub fn check(&self, checker: &LivenessChecker) -> pingora::Result<()> {
-        let over = self.ended.load(Ordering::Relaxed)
-            || now() >= self.exp
-            || checker.is_marked_ended(&self.sid);
-        if over {
-            self.ended.store(true, Ordering::Relaxed);
-            return Err(pingora::Error::explain(
-                pingora::ErrorType::Custom("impersonation_ended"),
-                "closing a WebSocket whose impersonation ended",
-            ));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sid_is_one_encoded_segment() {
-        assert_eq!(
-            sid_url(
-                "http://b/internal/impersonations/{sid}",
-                "../../admin?x=1#f"
-            ),
-            "http://b/internal/impersonations/..%2F..%2Fadmin%3Fx%3D1%23f"
-        );
-        assert_eq!(
-            sid_url("http://b/{sid}/x", "abc-1_2.3~"),
-            "http://b/abc-1_2.3~/x"
-        );
-    }
-
-    #[test]
-    fn end_url_answers() {
-        assert!(end_succeeded(200, b""));
-        assert!(end_succeeded(204, b""));
-        assert!(end_succeeded(410, b""));
-        assert!(end_succeeded(409, br#"{"code":"IMPERSONATION_ENDED"}"#));
-        assert!(end_succeeded(404, b"impersonation already ended"));
-        assert!(!end_succeeded(404, b"<h1>Not Found</h1>"));
-        assert!(!end_succeeded(404, b""));
-        assert!(!end_succeeded(500, b"ended"));
-        assert!(!end_succeeded(302, b""));
-    }
 
     #[tokio::test]
     async fn an_ended_sid_is_kept_while_a_token_of_it_lives() {
@@ -704,22 +455,5 @@ mod tests {
         );
         let entry = l.ended.get("t").await.expect("ended");
         assert!(entry.ttl >= Duration::from_secs(3590), "{entry:?}");
-    }
-
-    #[test]
-    fn contract() {
-        assert_eq!(classify(200, b""), Ok(Liveness::Live));
-        assert_eq!(classify(204, b""), Ok(Liveness::Live));
-        assert_eq!(classify(200, br#"{"active":true}"#), Ok(Liveness::Live));
-        assert_eq!(classify(200, br#"{"sessionId":"s"}"#), Ok(Liveness::Live));
-        assert_eq!(classify(200, br#"{"active":false}"#), Ok(Liveness::Ended));
-        for s in [401, 403, 404, 410] {
-            assert_eq!(classify(s, b"gone"), Ok(Liveness::Ended));
-        }
-        assert_eq!(classify(500, b""), Err(BackendError::Status(500)));
-        assert_eq!(classify(302, b""), Err(BackendError::Status(302)));
-        assert!(classify(200, b"<html>").is_err());
-        assert!(classify(200, br#"{"active":"no"}"#).is_err());
-        assert!(classify(200, b"[1]").is_err());
     }
 }

@@ -2,184 +2,31 @@
 //! deny rules, the reserved prefix), the deny-while-impersonating decision, and what a request
 //! without a session gets. Pure functions over the request head: no sockets, no state.
 
-use crate::headers::folded_eq;
+mod path;
+
+pub use path::{CanonicalPath, PathRule, RESERVED_PREFIX, canonical_path, is_reserved};
+
 use crate::response::{AuditNote, Refusal, is_navigation};
 use pingora::http::RequestHeader;
 
-/// The reserved prefix answered by the proxy itself.
-pub const RESERVED_PREFIX: &str = "/.sessiongate";
-
-/// A request path reduced to what it means: query dropped, percent-decoded, dot segments
-/// resolved, repeated and trailing slashes collapsed, lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CanonicalPath {
-    pub path: String,
-    /// The raw path holds something whose meaning depends on the app behind the proxy
-    /// (`%2F`, `\`, `;` parameters, control bytes, double encoding, malformed escapes).
-    /// `path` is then the proxy's best reading, used only to refuse, never to allow.
-    pub ambiguous: bool,
-}
-
-/// Canonicalizes the path of a request target (origin-form, with or without a query).
-pub fn canonical_path(target: &str) -> CanonicalPath {
-    let mut ambiguous = false;
-    let raw = match target.find(['?', '#']) {
-        Some(i) => {
-            if target.as_bytes()[i] == b'#' {
-                ambiguous = true;
-            }
-            &target[..i]
-        }
-        None => target,
-    };
-    // Decode once. A decoded '%' that still starts an escape is double encoding.
-    let bytes = raw.as_bytes();
-    let mut decoded: Vec<u8> = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-                (Some(h), Some(l)) => {
-                    let c = h << 4 | l;
-                    match c {
-                        b'/' | b'\\' => {
-                            ambiguous = true;
-                            decoded.push(b'/');
-                        }
-                        b'%' => {
-                            if hex(bytes.get(i + 3)).is_some() && hex(bytes.get(i + 4)).is_some() {
-                                ambiguous = true;
-                            }
-                            // Kept encoded, like `?` and `#`, so the canonical form reads the
-                            // same when canonicalized again.
-                            decoded.extend_from_slice(b"%25");
-                        }
-                        b'?' => decoded.extend_from_slice(b"%3f"),
-                        b'#' => decoded.extend_from_slice(b"%23"),
-                        b';' => {
-                            ambiguous = true;
-                            decoded.push(b';');
-                        }
-                        c if c < 0x20 || c == 0x7f => {
-                            ambiguous = true;
-                        }
-                        c => decoded.push(c),
-                    }
-                    i += 3;
-                    continue;
-                }
-                _ => {
-                    ambiguous = true;
-                    decoded.extend_from_slice(b"%25");
-                }
-            }
-        } else if b == b'\\' {
-            ambiguous = true;
-            decoded.push(b'/');
-        } else if b == b';' {
-            ambiguous = true;
-            decoded.push(b';');
-        } else if b < 0x20 || b == 0x7f {
-            ambiguous = true;
-        } else {
-            decoded.push(b);
-        }
-        i += 1;
-    }
-    let decoded = String::from_utf8_lossy(&decoded).to_lowercase();
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        // `;` parameters: `..;/` is `..` to Tomcat, and `x;y` is `x` to many servers.
-        let seg = seg.split(';').next().unwrap_or("");
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => {
-                // Windows servers and IIS drop a trailing dot or space (`/account.` is
-                // `/account`), and Spring's `trimTokens` the space.
-                if s.ends_with(['.', ' ']) {
-                    ambiguous = true;
-                }
-                segments.push(s)
-            }
-        }
-    }
-    CanonicalPath {
-        path: format!("/{}", segments.join("/")),
-        ambiguous,
+/// A header-name byte as the identity family and the override headers compare it: lower-case,
+/// with `_` read as `-` (Rack and WSGI map `X_Auth_User_Id` onto `X-Auth-User-Id`).
+pub fn fold_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
     }
 }
 
-fn hex(b: Option<&u8>) -> Option<u8> {
-    let b = *b?;
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-/// A configured path: exact (`/favicon.ico`) or a subtree (`/assets/*` = `/assets` and below).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathRule {
-    Exact(String),
-    Subtree(String),
-}
-
-impl PathRule {
-    pub fn parse(raw: &str) -> Result<PathRule, String> {
-        if !raw.starts_with('/') {
-            return Err(format!("\"{raw}\" must start with '/'"));
-        }
-        let (base, subtree) = match raw.strip_suffix("/*") {
-            Some(b) => (if b.is_empty() { "/" } else { b }, true),
-            None => (raw, false),
-        };
-        if base.contains('*') {
-            return Err(format!(
-                "\"{raw}\": '*' is only allowed as a final \"/*\" (a subtree)"
-            ));
-        }
-        let c = canonical_path(base);
-        if c.ambiguous || raw.contains('?') || raw.contains('#') {
-            return Err(format!(
-                "\"{raw}\" holds characters that are ambiguous in a path (%2F, \\, ;, ?, #, control characters)"
-            ));
-        }
-        Ok(if subtree {
-            PathRule::Subtree(c.path)
-        } else {
-            PathRule::Exact(c.path)
-        })
-    }
-
-    /// The rule as configured (canonical), for messages.
-    pub fn as_str(&self) -> String {
-        match self {
-            PathRule::Exact(p) => p.clone(),
-            PathRule::Subtree(p) if p == "/" => "/*".to_string(),
-            PathRule::Subtree(p) => format!("{p}/*"),
-        }
-    }
-
-    /// `path` must be canonical.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathRule::Exact(p) => p == path,
-            PathRule::Subtree(p) => {
-                p == "/"
-                    || path == p
-                    || path.len() > p.len()
-                        && path.starts_with(p.as_str())
-                        && path.as_bytes()[p.len()] == b'/'
-            }
-        }
-    }
-}
-
-/// Is this request path under the reserved prefix? Decided on the canonical reading so
-/// `/.SessionGate/x`, `//.sessiongate/x` and `/a/../.sessiongate/x` are all reserved.
-pub fn is_reserved(path: &CanonicalPath) -> bool {
-    PathRule::Subtree(RESERVED_PREFIX.to_string()).matches(&path.path)
+/// `name` equals the lower-case `target` with `_` read as `-` (no allocation: this runs for
+/// every header of every request).
+pub fn folded_eq(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name
+            .bytes()
+            .zip(target.bytes())
+            .all(|(a, b)| fold_byte(a) == b)
 }
 
 /// A deny-while-impersonating rule.
@@ -772,15 +619,5 @@ mod tests {
         let r = unauthenticated_refusal(&Unauthenticated::Reject, &nav, "a.example", "http")
             .expect("401");
         assert_eq!(r.status, 401);
-    }
-
-    #[test]
-    fn reserved_prefix_is_canonical() {
-        assert!(is_reserved(&canonical_path("/.sessiongate/banner.js")));
-        assert!(is_reserved(&canonical_path("/.SessionGate/x")));
-        assert!(is_reserved(&canonical_path("//.sessiongate/x")));
-        assert!(is_reserved(&canonical_path("/a/../.sessiongate/x")));
-        assert!(is_reserved(&canonical_path("/%2esessiongate/x")));
-        assert!(!is_reserved(&canonical_path("/.sessiongatex")));
     }
 }
