@@ -8,3 +8,6 @@
 #![allow(dead_code, unused_imports)]
 
 mod common;
+
+mod core;
+mod liveness;
