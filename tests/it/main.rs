@@ -9,5 +9,7 @@
 
 mod common;
 
+mod banner;
 mod core;
+mod end;
 mod liveness;
