@@ -1120,47 +1120,6 @@ async fn forwarded_header_underscore_variants_are_not_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_headers_over_32_kib_are_431() {
-    let up = spawn_upstream().await;
-    let sc = Sidecar::start(&Config::new().site(Site::new(HOST, up.addr))).await;
-
-    // Under the limit: 20 KiB in a few headers passes.
-    let chunk = "a".repeat(5 * 1024);
-    let r = sc
-        .raw_get(
-            HOST,
-            "/under",
-            &[
-                ("X-Pad-1", &chunk),
-                ("X-Pad-2", &chunk),
-                ("X-Pad-3", &chunk),
-                ("X-Pad-4", &chunk),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(up.find("/under").header("x-pad-4"), Some(chunk.clone()));
-
-    // One huge header.
-    let huge = "b".repeat(40 * 1024);
-    let r = sc.raw_get(HOST, "/huge", &[("X-Huge", &huge)]).await;
-    assert_eq!(r.status, 431);
-
-    // Many small ones, over 32 KiB in all.
-    let names: Vec<String> = (0..200).map(|i| format!("X-Many-{i}")).collect();
-    let value = "c".repeat(200);
-    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
-    let r = sc.raw_get(HOST, "/many", &many).await;
-    assert_eq!(r.status, 431);
-
-    assert_eq!(
-        up.count(),
-        1,
-        "only the request under the limit is forwarded"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502_without_internals() {
     let dead = free_addr();
     let dead_port = dead.port();

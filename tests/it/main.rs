@@ -11,5 +11,9 @@ mod common;
 
 mod banner;
 mod core;
+mod deny;
 mod end;
+mod framing;
+mod jwks;
 mod liveness;
+mod websocket;
