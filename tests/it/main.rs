@@ -4,16 +4,19 @@
 //!
 //! Run one capability with `cargo test --test it core::` (or `deny::`, `websocket::`, …).
 
-// Until every scenario module has moved here, parts of the harness have no user yet.
-#![allow(dead_code, unused_imports)]
-
 mod common;
 
 mod banner;
+mod browser;
+mod cli;
 mod core;
 mod deny;
 mod end;
 mod framing;
 mod jwks;
 mod liveness;
+mod ops;
+mod properties;
+mod scale;
+mod security;
 mod websocket;
