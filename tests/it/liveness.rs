@@ -2,159 +2,33 @@
 //! admin revoke and the http audit sink), black-box: the real binary between a
 //! recording upstream and a scriptable platform backend on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const HOST: &str = "cafe.nixtech.app";
-const ADMIN_TOKEN_ENV: &str = "SG_ADMIN_TOKEN";
-const ADMIN_TOKEN: &str = "admin-token-7f3e9a0c5d21";
-const BACKEND_TOKEN_ENV: &str = "SG_BACKEND_TOKEN";
-const BACKEND_TOKEN: &str = "backend-token-4b8d2e61";
 /// The `Set-Cookie` that clears the session on the parent domain.
 const CLEARED: &str = "nix_session=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; \
                        Domain=.nixtech.app; Path=/; Secure; HttpOnly; SameSite=Lax";
-const ENDED_BODY: &str = r#"{"error":"impersonation_ended"}"#;
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// A whole config: `[admin]` gets `admin_extra`, `[liveness]` points at the
-/// backend plus `liveness_extra`, `[audit]` is `audit` (file sink by default).
-fn liveness_config(
-    backend: &Backend,
-    liveness_extra: &str,
-    admin_extra: &str,
-    audit: &str,
-    sites: &str,
-) -> String {
-    format!(
-        r#"[listen]
-addr = "@LISTEN@"
-
-[admin]
-addr = "@ADMIN@"
-{admin_extra}
-
-{token}
-[liveness]
-url = "{url}"
-end_url = "{end_url}"
-{liveness_extra}
-
-[audit]
-{audit}
-
-{sites}"#,
-        token = hs256_token_section(""),
-        url = backend.url(),
-        end_url = backend.end_url(),
-    )
-}
-
-const FILE_AUDIT: &str = r#"sink = "file:@AUDIT@""#;
-
-async fn start(config: &str) -> Sidecar {
+/// The proxy for `cafe.nixtech.app` in front of `up`, with `liveness`.
+async fn proxy(up: &Upstream, liveness: Liveness) -> Sidecar {
     Sidecar::start(
-        config,
-        &[
-            (SECRET_ENV, SECRET),
-            (ADMIN_TOKEN_ENV, ADMIN_TOKEN),
-            (BACKEND_TOKEN_ENV, BACKEND_TOKEN),
-        ],
+        &Config::new()
+            .liveness(liveness)
+            .site(Site::new(HOST, up.addr)),
     )
     .await
 }
 
-/// A `fetch()`-style API call: not a navigation.
-fn api(c: &reqwest::Client, url: String, cookie: &str) -> reqwest::RequestBuilder {
-    c.get(url)
-        .header("cookie", cookie)
-        .header("accept", "application/json")
-        .header("sec-fetch-mode", "cors")
-}
-
-/// A browser navigation.
-fn navigate(c: &reqwest::Client, url: String, cookie: &str) -> reqwest::RequestBuilder {
-    c.get(url)
-        .header("cookie", cookie)
-        .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-dest", "document")
-}
-
-fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = v
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    v.sort();
-    v
-}
-
-fn normal_identity() -> Vec<(String, String)> {
-    pairs(&[
-        ("x-auth-user-id", "user-42"),
-        ("x-auth-tenant-id", "cafe"),
-        ("x-auth-email", "ana@example.com"),
-        ("x-auth-roles", "admin,staff"),
-    ])
-}
-
-/// What the upstream must see for `imp_claims(sid)`.
-fn impersonated_identity(sid: &str) -> Vec<(String, String)> {
-    let mut v = normal_identity();
-    v.extend(pairs(&[
-        ("x-auth-impersonation-session", sid),
-        ("x-auth-impersonator-id", "admin-7"),
-        ("x-auth-impersonator-email", "root@nixtech.app"),
-    ]));
-    v.sort();
-    v
-}
-
-fn assert_no_store(what: &str, r: &Resp) {
-    let cc = r
-        .header("cache-control")
-        .unwrap_or_else(|| panic!("{what}: no Cache-Control"));
-    assert!(
-        cc.to_ascii_lowercase().contains("no-store"),
-        "{what}: Cache-Control is {cc:?}, expected no-store"
-    );
-}
-
-/// `Cache-Control: private, no-store` (and nothing that lets a cache store it)
-/// and a `Vary` that names `Cookie`.
-fn assert_private_no_store_vary_cookie(what: &str, r: &Resp) {
-    let cc: Vec<String> = r
-        .header_all("cache-control")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_ascii_lowercase())
-        .filter(|d| !d.is_empty())
-        .collect();
-    assert!(
-        cc.iter().any(|d| d == "private") && cc.iter().any(|d| d == "no-store"),
-        "{what}: Cache-Control directives {cc:?}, expected private and no-store"
-    );
-    assert!(
-        !cc.iter()
-            .any(|d| d == "public" || d.starts_with("max-age") || d.starts_with("s-maxage")),
-        "{what}: Cache-Control still allows caching: {cc:?}"
-    );
-    let vary: Vec<String> = r
-        .header_all("vary")
-        .iter()
-        .flat_map(|v| v.split(','))
-        .map(|d| d.trim().to_ascii_lowercase())
-        .collect();
-    assert!(
-        vary.iter().any(|v| v == "cookie" || v == "*"),
-        "{what}: Vary is {vary:?}, expected it to contain Cookie"
-    );
+/// A normal user's API call to `/normal` is forwarded, with the user's identity.
+async fn assert_normal_user_is_served(sc: &Sidecar, up: &Upstream) {
+    let r = send(api_call(
+        sc.client().get(sc.url(HOST, "/normal")),
+        &normal_cookie(),
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.find("/normal").identity(), user_identity());
 }
 
 /// The answer to a request that came with an ended impersonation.
@@ -218,10 +92,6 @@ fn assert_unavailable(what: &str, r: &Resp, html: bool) {
     );
 }
 
-fn revoke(sid_in_path: &str, sc: &Sidecar) -> reqwest::RequestBuilder {
-    plain_client().post(sc.admin_url(&format!("/sessions/{sid_in_path}/revoke")))
-}
-
 // ---------------------------------------------------------------------------
 // Live
 // ---------------------------------------------------------------------------
@@ -242,26 +112,19 @@ async fn live_impersonation_is_forwarded_with_impersonation_headers_and_audited(
         }
     })
     .await;
-    let sc = start(&liveness_config(
-        &backend,
-        &format!("bearer_env = \"{BACKEND_TOKEN_ENV}\"\nforward_cookie = true"),
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
-    .await;
+    let sc = proxy(&up, Liveness::on(&backend).bearer().forward_cookie()).await;
     let c = sc.client();
     let tok = token(&imp_claims("imp-live-1"));
     let cookie = session_cookie(&tok);
 
-    let r = send(api(&c, sc.url(HOST, "/orders?page=2"), &cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/orders?page=2")), &cookie)).await;
     assert_eq!(r.status, 200, "live impersonation: {}", r.body);
     assert_eq!(r.body, "ok");
     assert_eq!(
         up.find("/orders?page=2").identity(),
         impersonated_identity("imp-live-1")
     );
-    assert_private_no_store_vary_cookie("/orders", &r);
+    assert_private("/orders", &r);
 
     // What the backend was asked.
     let asked = backend.requests_for("imp-live-1");
@@ -280,13 +143,13 @@ async fn live_impersonation_is_forwarded_with_impersonation_headers_and_audited(
     );
 
     // The upstream's own caching headers cannot make an impersonated page cacheable.
-    let r = send(api(&c, sc.url(HOST, "/cacheable"), &cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/cacheable")), &cookie)).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         up.find("/cacheable").identity(),
         impersonated_identity("imp-live-1")
     );
-    assert_private_no_store_vary_cookie("/cacheable", &r);
+    assert_private("/cacheable", &r);
 
     // The audit line, with every field.
     let ev = sc
@@ -356,7 +219,7 @@ async fn live_impersonation_is_forwarded_with_impersonation_headers_and_audited(
     // Other 2xx answers that mean live: an empty body, 204, an object without "active".
     for sid in ["imp-empty", "imp-204", "imp-plain-object"] {
         let path = format!("/live/{sid}");
-        let r = send(api(&c, sc.url(HOST, &path), &imp_cookie(sid))).await;
+        let r = send(api_call(c.get(sc.url(HOST, &path)), &imp_cookie(sid))).await;
         assert_eq!(r.status, 200, "{sid}: {}", r.body);
         assert_eq!(
             up.find(&path).identity(),
@@ -370,9 +233,8 @@ async fn live_impersonation_is_forwarded_with_impersonation_headers_and_audited(
     // even when the client tries to send them.
     let calls = backend.calls();
     let r = send(
-        api(
-            &c,
-            sc.url(HOST, "/normal"),
+        api_call(
+            c.get(sc.url(HOST, "/normal")),
             &session_cookie(&token(&claims())),
         )
         .header("X-Auth-Impersonation-Session", "evil-sid")
@@ -380,7 +242,7 @@ async fn live_impersonation_is_forwarded_with_impersonation_headers_and_audited(
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(up.find("/normal").identity(), normal_identity());
+    assert_eq!(up.find("/normal").identity(), user_identity());
     assert_eq!(backend.calls(), calls, "a normal user called the backend");
 }
 
@@ -406,23 +268,23 @@ async fn ended_sessions_are_refused_with_the_cookie_cleared_and_never_forwarded(
         backend.set_for(sid, *status, body);
     }
     let up = spawn_upstream().await;
-    let sites = site(HOST, up.addr, "")
-        + &site(
-            "legacy.nixtech.app",
-            up.addr,
-            r#"after_end_url = "/goodbye?from=legacy""#,
-        );
-    let sc = start(&liveness_config(&backend, "", "", FILE_AUDIT, &sites)).await;
+    let sc = Sidecar::start(
+        &Config::new()
+            .liveness(Liveness::on(&backend))
+            .site(Site::new(HOST, up.addr))
+            .site(Site::new("legacy.nixtech.app", up.addr).after_end_url("/goodbye?from=legacy")),
+    )
+    .await;
     let c = sc.client();
 
     for (sid, status, _) in ended {
         let cookie = imp_cookie(sid);
         let what = |case: &str| format!("{sid} (backend {status}): {case}");
 
-        let r = send(api(&c, sc.url(HOST, "/api/data"), &cookie)).await;
+        let r = send(api_call(c.get(sc.url(HOST, "/api/data")), &cookie)).await;
         assert_ended(&what("API call"), &r, None);
 
-        let r = send(navigate(&c, sc.url(HOST, "/dashboard"), &cookie)).await;
+        let r = send(navigate(c.get(sc.url(HOST, "/dashboard")), &cookie)).await;
         assert_ended(&what("navigation"), &r, Some("/"));
 
         // No Sec-Fetch-Mode, Accept with text/html: a navigation; the site's after_end_url.
@@ -465,7 +327,11 @@ async fn ended_sessions_are_refused_with_the_cookie_cleared_and_never_forwarded(
 
     // Ended is terminal: the backend saying "live" again changes nothing.
     backend.set_for("imp-410", 200, r#"{"active":true}"#);
-    let r = send(api(&c, sc.url(HOST, "/again"), &imp_cookie("imp-410"))).await;
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/again")),
+        &imp_cookie("imp-410"),
+    ))
+    .await;
     assert_ended("imp-410 after the backend says live", &r, None);
     assert_eq!(backend.calls_for("imp-410"), 1);
     assert_eq!(up.count(), 0);
@@ -484,14 +350,7 @@ async fn ended_sessions_are_refused_with_the_cookie_cleared_and_never_forwarded(
 
     // A normal user on the same proxy is served, without a backend call.
     let calls = backend.calls();
-    let r = send(api(
-        &c,
-        sc.url(HOST, "/normal"),
-        &session_cookie(&token(&claims())),
-    ))
-    .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(up.find("/normal").identity(), normal_identity());
+    assert_normal_user_is_served(&sc, &up).await;
     assert_eq!(backend.calls(), calls);
 }
 
@@ -506,14 +365,7 @@ async fn live_is_cached_for_cache_ttl_and_the_end_is_seen_after_it() {
     const TTL: Duration = Duration::from_secs(20);
     let backend = spawn_backend().await;
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        r#"cache_ttl = "20s""#,
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
-    .await;
+    let sc = proxy(&up, Liveness::on(&backend).cache_ttl("20s")).await;
     let c = sc.client();
     let cookie = imp_cookie("imp-ttl");
     let normal = session_cookie(&token(&claims()));
@@ -521,14 +373,18 @@ async fn live_is_cached_for_cache_ttl_and_the_end_is_seen_after_it() {
     // The live answer cannot have been received before t0.
     let t0 = Instant::now();
     for i in 0..20 {
-        let r = send(api(&c, sc.url(HOST, &format!("/ttl/{i}")), &cookie)).await;
+        let r = send(api_call(c.get(sc.url(HOST, &format!("/ttl/{i}"))), &cookie)).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
         if i == 0 {
             // The session ends in the backend; this proxy may believe "live" until the TTL.
             backend.set_for("imp-ttl", 410, "");
         }
         // Normal users in between never reach the backend.
-        let r = send(api(&c, sc.url(HOST, &format!("/normal/{i}")), &normal)).await;
+        let r = send(api_call(
+            c.get(sc.url(HOST, &format!("/normal/{i}"))),
+            &normal,
+        ))
+        .await;
         assert_eq!(r.status, 200);
     }
     assert_eq!(
@@ -546,7 +402,7 @@ async fn live_is_cached_for_cache_ttl_and_the_end_is_seen_after_it() {
     let deadline = Instant::now() + TTL + Duration::from_secs(40);
     let mut served_after = 0;
     loop {
-        let r = send(api(&c, sc.url(HOST, "/poll"), &cookie)).await;
+        let r = send(api_call(c.get(sc.url(HOST, "/poll")), &cookie)).await;
         if r.status == 401 {
             assert_ended("after the TTL", &r, None);
             break;
@@ -584,20 +440,13 @@ async fn concurrent_requests_for_a_cold_sid_share_one_backend_call() {
     let backend = spawn_backend().await;
     backend.set_delay(Duration::from_millis(300));
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        "timeout = \"10s\"\ncache_ttl = \"10m\"",
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
-    .await;
+    let sc = proxy(&up, Liveness::on(&backend).timeout("10s").cache_ttl("10m")).await;
     let c = sc.client();
     let cookie = imp_cookie("imp-cold");
 
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let req = api(&c, sc.url(HOST, &format!("/burst/{i}")), &cookie);
+        let req = api_call(c.get(sc.url(HOST, &format!("/burst/{i}"))), &cookie);
         tasks.push(tokio::spawn(send(req)));
     }
     for (i, t) in tasks.into_iter().enumerate() {
@@ -647,13 +496,10 @@ async fn backend_failures_deny_with_503_and_leave_normal_users_alone() {
         backend.set_answer_for(sid, a.clone());
     }
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        "timeout = \"300ms\"\non_error = \"deny\"",
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
+    let sc = proxy(
+        &up,
+        Liveness::on(&backend).timeout("300ms").on_error("deny"),
+    )
     .await;
     let c = sc.client();
 
@@ -661,10 +507,13 @@ async fn backend_failures_deny_with_503_and_leave_normal_users_alone() {
         let cookie = imp_cookie(sid);
         // The backend answers imp-slow after an hour: an answer at all means the
         // proxy gave up after its own timeout.
-        let r = send(api(&c, sc.url(HOST, "/api"), &cookie).timeout(Duration::from_secs(20))).await;
+        let r =
+            send(api_call(c.get(sc.url(HOST, "/api")), &cookie).timeout(Duration::from_secs(20)))
+                .await;
         assert_unavailable(&format!("{sid} API"), &r, false);
-        let r = send(navigate(&c, sc.url(HOST, "/page"), &cookie).timeout(Duration::from_secs(20)))
-            .await;
+        let r =
+            send(navigate(c.get(sc.url(HOST, "/page")), &cookie).timeout(Duration::from_secs(20)))
+                .await;
         assert_unavailable(&format!("{sid} navigation"), &r, true);
         assert!(backend.calls_for(sid) >= 1, "{sid}: backend never asked");
     }
@@ -685,18 +534,14 @@ async fn backend_failures_deny_with_503_and_leave_normal_users_alone() {
     // served, without a backend call of its own.
     let calls = backend.calls();
     let slow = tokio::spawn(send(
-        api(&c, sc.url(HOST, "/slow-pending"), &imp_cookie("imp-slow"))
-            .timeout(Duration::from_secs(20)),
+        api_call(
+            c.get(sc.url(HOST, "/slow-pending")),
+            &imp_cookie("imp-slow"),
+        )
+        .timeout(Duration::from_secs(20)),
     ));
     backend.wait_for_calls(calls + 1).await;
-    let r = send(api(
-        &c,
-        sc.url(HOST, "/normal"),
-        &session_cookie(&token(&claims())),
-    ))
-    .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(up.find("/normal").identity(), normal_identity());
+    assert_normal_user_is_served(&sc, &up).await;
     assert_eq!(
         backend.calls(),
         calls + 1,
@@ -708,7 +553,11 @@ async fn backend_failures_deny_with_503_and_leave_normal_users_alone() {
 
     // A failure is not an end: once the backend answers again, the session is live.
     backend.set_for("imp-500", 200, r#"{"active":true}"#);
-    let r = send(api(&c, sc.url(HOST, "/recovered"), &imp_cookie("imp-500"))).await;
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/recovered")),
+        &imp_cookie("imp-500"),
+    ))
+    .await;
     assert_eq!(r.status, 200, "after the backend recovered: {}", r.body);
     assert_eq!(
         up.find("/recovered").identity(),
@@ -723,29 +572,38 @@ async fn stale_mode_serves_the_last_live_answer_within_stale_ttl_then_denies() {
     backend.set_for("imp-never", 500, "");
     backend.set_for("imp-gone", 410, "");
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        "cache_ttl = \"1s\"\non_error = \"stale\"\nstale_ttl = \"4s\"\ntimeout = \"300ms\"",
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
+    let sc = proxy(
+        &up,
+        Liveness::on(&backend)
+            .cache_ttl("1s")
+            .on_error("stale")
+            .stale_ttl("4s")
+            .timeout("300ms"),
+    )
     .await;
     let c = sc.client();
     let sid = "imp-stale";
     let cookie = imp_cookie(sid);
 
     // No live answer ever seen: nothing to be stale with.
-    let r = send(api(&c, sc.url(HOST, "/never"), &imp_cookie("imp-never"))).await;
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/never")),
+        &imp_cookie("imp-never"),
+    ))
+    .await;
     assert_unavailable("stale mode, never live", &r, false);
     // Stale mode does not soften an end.
-    let r = send(api(&c, sc.url(HOST, "/gone"), &imp_cookie("imp-gone"))).await;
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/gone")),
+        &imp_cookie("imp-gone"),
+    ))
+    .await;
     assert_ended("stale mode, ended", &r, None);
     assert_eq!(up.count(), 0);
 
     // The live answer is received between t0 and t1.
     let t0 = Instant::now();
-    let r = send(api(&c, sc.url(HOST, "/first"), &cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/first")), &cookie)).await;
     let t1 = Instant::now();
     assert_eq!(r.status, 200, "{}", r.body);
     backend.set_for(sid, 500, r#"{"error":"db down"}"#);
@@ -761,7 +619,7 @@ async fn stale_mode_serves_the_last_live_answer_within_stale_ttl_then_denies() {
     loop {
         let before = backend.calls_for(sid);
         let sent = Instant::now();
-        let r = send(api(&c, sc.url(HOST, "/poll"), &cookie)).await;
+        let r = send(api_call(c.get(sc.url(HOST, "/poll")), &cookie)).await;
         let received = Instant::now();
         match r.status {
             200 => {}
@@ -813,21 +671,20 @@ async fn stale_mode_serves_the_last_live_answer_within_stale_ttl_then_denies() {
 async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
     let backend = spawn_backend().await;
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        // The backend keeps saying live and the cache would believe it for ten
-        // minutes: only the revoke can end these sessions.
-        r#"cache_ttl = "10m""#,
-        &format!("token_env = \"{ADMIN_TOKEN_ENV}\""),
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
+    let sc = Sidecar::start(
+        &Config::new()
+            .admin_token()
+            // The backend keeps saying live and the cache would believe it for ten
+            // minutes: only the revoke can end these sessions.
+            .liveness(Liveness::on(&backend).cache_ttl("10m"))
+            .site(Site::new(HOST, up.addr)),
+    )
     .await;
     let c = sc.client();
     let cookie = imp_cookie("imp-rev");
     let other = imp_cookie("imp-other");
     for (p, ck) in [("/before", &cookie), ("/other-before", &other)] {
-        let r = send(api(&c, sc.url(HOST, p), ck)).await;
+        let r = send(api_call(c.get(sc.url(HOST, p)), ck)).await;
         assert_eq!(r.status, 200, "{p}: {}", r.body);
     }
 
@@ -846,14 +703,14 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
         ("bare token", Some(ADMIN_TOKEN.to_string())),
     ];
     for (what, auth) in &bad {
-        let mut req = revoke("imp-rev", &sc);
+        let mut req = sc.revoke_request("imp-rev");
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
         let r = send(req).await;
         assert_eq!(r.status, 401, "revoke with {what}: {}", r.body);
     }
-    let r = send(api(&c, sc.url(HOST, "/after-bad-revokes"), &cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/after-bad-revokes")), &cookie)).await;
     assert_eq!(
         r.status, 200,
         "a refused revoke ended the session: {}",
@@ -861,7 +718,7 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
     );
 
     // With it: revoked, and refused at once.
-    let r = send(revoke("imp-rev", &sc).bearer_auth(ADMIN_TOKEN)).await;
+    let r = send(sc.revoke_request("imp-rev").bearer_auth(ADMIN_TOKEN)).await;
     assert_eq!(r.status, 200, "revoke: {}", r.body);
     assert!(
         r.header("content-type")
@@ -872,9 +729,9 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
     );
     assert_eq!(r.json(), json!({"revoked": true, "sid": "imp-rev"}));
     let forwarded = up.count();
-    let r = send(api(&c, sc.url(HOST, "/after"), &cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/after")), &cookie)).await;
     assert_ended("API call after revoke", &r, None);
-    let r = send(navigate(&c, sc.url(HOST, "/after-nav"), &cookie)).await;
+    let r = send(navigate(c.get(sc.url(HOST, "/after-nav")), &cookie)).await;
     assert_ended("navigation after revoke", &r, Some("/"));
     assert_eq!(
         up.count(),
@@ -899,7 +756,7 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
         .expect("ended_seen after the revoke");
 
     // Another session is untouched.
-    let r = send(api(&c, sc.url(HOST, "/other-after"), &other)).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/other-after")), &other)).await;
     assert_eq!(
         r.status, 200,
         "revoking imp-rev ended imp-other: {}",
@@ -908,10 +765,14 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
 
     // The sid in the admin path is percent-decoded.
     let weird = "imp/with space?x=1";
-    let r = send(revoke("imp%2Fwith%20space%3Fx%3D1", &sc).bearer_auth(ADMIN_TOKEN)).await;
+    let r = send(
+        sc.revoke_request("imp%2Fwith%20space%3Fx%3D1")
+            .bearer_auth(ADMIN_TOKEN),
+    )
+    .await;
     assert_eq!(r.status, 200, "revoke of an encoded sid: {}", r.body);
     assert_eq!(r.json(), json!({"revoked": true, "sid": weird}));
-    let r = send(api(&c, sc.url(HOST, "/weird"), &imp_cookie(weird))).await;
+    let r = send(api_call(c.get(sc.url(HOST, "/weird")), &imp_cookie(weird))).await;
     assert_ended("revoked before first use", &r, None);
     assert!(!up.received("/weird"));
     sc.wait_for_audit(|e| {
@@ -921,10 +782,14 @@ async fn admin_revoke_needs_the_bearer_and_ends_the_session_at_once() {
     .expect("impersonation.ended for the decoded sid");
 
     // A non-ASCII sid: revoked by its own (decoded) value.
-    let r = send(revoke("imp-%C3%BC", &sc).bearer_auth(ADMIN_TOKEN)).await;
+    let r = send(sc.revoke_request("imp-%C3%BC").bearer_auth(ADMIN_TOKEN)).await;
     assert_eq!(r.status, 200, "revoke of a non-ASCII sid: {}", r.body);
     assert_eq!(r.json(), json!({"revoked": true, "sid": "imp-ü"}));
-    let r = send(api(&c, sc.url(HOST, "/unicode"), &imp_cookie("imp-ü"))).await;
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/unicode")),
+        &imp_cookie("imp-ü"),
+    ))
+    .await;
     assert_ended("non-ASCII sid after its revoke", &r, None);
     assert!(
         !up.received("/unicode"),
@@ -937,14 +802,7 @@ async fn sid_is_one_encoded_segment_credentials_only_when_configured_and_revoke_
 {
     let backend = spawn_backend().await;
     let up = spawn_upstream().await;
-    let sc = start(&liveness_config(
-        &backend,
-        "",
-        "",
-        FILE_AUDIT,
-        &site(HOST, up.addr, ""),
-    ))
-    .await;
+    let sc = proxy(&up, Liveness::on(&backend)).await;
     let c = sc.client();
 
     // (sid in the token, raw target the backend must get)
@@ -965,7 +823,7 @@ async fn sid_is_one_encoded_segment_credentials_only_when_configured_and_revoke_
     for (i, (sid, target)) in cases.iter().enumerate() {
         let path = format!("/enc/{i}");
         let before = backend.requests().len();
-        let r = send(api(&c, sc.url(HOST, &path), &imp_cookie(sid))).await;
+        let r = send(api_call(c.get(sc.url(HOST, &path)), &imp_cookie(sid))).await;
         assert_eq!(r.status, 200, "sid {sid:?}: {}", r.body);
         assert!(up.received(&path), "sid {sid:?} not forwarded");
         let asked: Vec<String> = backend
@@ -996,7 +854,7 @@ async fn sid_is_one_encoded_segment_credentials_only_when_configured_and_revoke_
 
     // Without [admin] token_env, revocation is off, whatever the request carries.
     for auth in [None, Some(format!("Bearer {ADMIN_TOKEN}"))] {
-        let mut req = revoke("abc-1_2.3~Z", &sc);
+        let mut req = sc.revoke_request("abc-1_2.3~Z");
         if let Some(a) = &auth {
             req = req.header("authorization", a);
         }
@@ -1007,9 +865,8 @@ async fn sid_is_one_encoded_segment_credentials_only_when_configured_and_revoke_
             r.body
         );
     }
-    let r = send(api(
-        &c,
-        sc.url(HOST, "/still-live"),
+    let r = send(api_call(
+        c.get(sc.url(HOST, "/still-live")),
         &imp_cookie("abc-1_2.3~Z"),
     ))
     .await;
@@ -1033,7 +890,7 @@ async fn sid_is_one_encoded_segment_credentials_only_when_configured_and_revoke_
 /// Sends one impersonated request for `path` and waits until its audit event
 /// has been emitted, so events are queued in request order.
 async fn audited_request(sc: &Sidecar, c: &reqwest::Client, cookie: &str, path: &str, n: f64) {
-    let r = send(api(c, sc.url(HOST, path), cookie)).await;
+    let r = send(api_call(c.get(sc.url(HOST, path)), cookie)).await;
     assert_eq!(r.status, 200, "{path}: {}", r.body);
     sc.wait_for_metric(
         "sessiongate_audit_events_total",
@@ -1056,13 +913,12 @@ async fn http_audit_sink_delivers_every_event_in_order_after_an_outage() {
     let backend = spawn_backend().await;
     let up = spawn_upstream().await;
     let receiver = spawn_audit_receiver().await;
-    let sc = start(&liveness_config(
-        &backend,
-        r#"cache_ttl = "10m""#,
-        "",
-        &format!("sink = \"{}\"", receiver.url()),
-        &site(HOST, up.addr, ""),
-    ))
+    let sc = Sidecar::start(
+        &Config::new()
+            .liveness(Liveness::on(&backend).cache_ttl("10m"))
+            .audit_sink(&receiver.url())
+            .site(Site::new(HOST, up.addr)),
+    )
     .await;
     let c = sc.client();
     let cookie = imp_cookie("imp-audit");
@@ -1152,13 +1008,13 @@ async fn http_audit_sink_counts_what_it_drops_when_its_queue_is_full() {
     let up = spawn_upstream().await;
     let receiver = spawn_audit_receiver().await;
     receiver.refuse(true);
-    let sc = start(&liveness_config(
-        &backend,
-        r#"cache_ttl = "10m""#,
-        "",
-        &format!("sink = \"{}\"\nqueue = {QUEUE}", receiver.url()),
-        &site(HOST, up.addr, ""),
-    ))
+    let sc = Sidecar::start(
+        &Config::new()
+            .liveness(Liveness::on(&backend).cache_ttl("10m"))
+            .audit_sink(&receiver.url())
+            .audit_queue(QUEUE)
+            .site(Site::new(HOST, up.addr)),
+    )
     .await;
     let c = sc.client();
     let cookie = imp_cookie("imp-drop");

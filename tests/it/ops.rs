@@ -2,9 +2,7 @@
 //! SIGHUP config reloads (a site added under load without a dropped request,
 //! an invalid config or a changed listener refused while the old one keeps
 //! serving, in-flight requests finishing on the old config), and the process's
-//! opt-out of transparent huge pages. Graceful SIGTERM is covered in tests/cli.rs.
-
-mod common;
+//! opt-out of transparent huge pages. Graceful SIGTERM is covered in `cli`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -22,14 +20,6 @@ const RELOADS: &str = "sessiongate_config_reload_total";
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn send_signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
-}
 
 /// Replaces the file in one step (write a sibling, then rename over it), so
 /// the proxy never reads a half-written config.
@@ -124,10 +114,25 @@ fn verdict(stdout: &str) -> String {
         .to_string()
 }
 
-async fn mint_cli(args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut all = vec!["token", "mint"];
-    all.extend_from_slice(args);
-    let (code, out, err) = run_cli(&all, env).await;
+/// Our HS256 secret, and another one.
+const OURS: (&str, &str) = (SECRET_ENV, SECRET);
+const OTHER: (&str, &str) = ("SG_TEST_OTHER_SECRET", "a-completely-different-secret-4242");
+
+/// `token mint` for user `u1` of tenant `acme` plus the `more` flags, signed with the secret
+/// that the variable `secret.0` holds (`secret.1`); returns the printed token.
+async fn mint_u1_of_acme(secret: (&str, &str), more: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "mint",
+        "--secret-env",
+        secret.0,
+        "--sub",
+        "u1",
+        "--tenant",
+        "acme",
+    ];
+    args.extend_from_slice(more);
+    let (code, out, err) = run_cli(&args, &[secret]).await;
     assert_eq!(
         code,
         Some(0),
@@ -352,26 +357,6 @@ async fn whoami(c: &reqwest::Client, app: &str, cookie: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("/api/whoami not JSON ({e}): {text}"))
 }
 
-/// `GET path` as a browser navigation; returns (status, headers, body).
-async fn navigate(
-    c: &reqwest::Client,
-    url: &str,
-    cookie: &str,
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = c
-        .get(url)
-        .header("cookie", cookie)
-        .header("accept", "text/html,application/xhtml+xml")
-        .header("sec-fetch-dest", "document")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.expect("page body");
-    (status, headers, body)
-}
-
 /// The first start tag right after `<body class="demo">`, if the body tag is there.
 fn tag_after_body(html: &str) -> Option<&str> {
     const BODY: &str = "<body class=\"demo\">";
@@ -449,7 +434,9 @@ async fn demo_login_urls_show_identity_headers_and_the_banner() {
     ] {
         assert!(ids.get(absent).is_none(), "user whoami has {absent}: {ids}");
     }
-    let (status, _, home) = navigate(&c, &location, &user).await;
+    let Resp {
+        status, body: home, ..
+    } = send(navigate(c.get(&location), &user)).await;
     assert_eq!(status, 200, "user home");
     assert!(
         home.contains("<body class=\"demo\">") && home.contains("user-42"),
@@ -488,7 +475,12 @@ async fn demo_login_urls_show_identity_headers_and_the_banner() {
         "admin whoami: {ids}"
     );
 
-    let (status, headers, home) = navigate(&c, &location, &admin).await;
+    let Resp {
+        status,
+        headers,
+        body: home,
+        ..
+    } = send(navigate(c.get(&location), &admin)).await;
     assert_eq!(status, 200, "admin home");
     let first = tag_after_body(&home)
         .unwrap_or_else(|| panic!("no <body class=\"demo\"> in the admin home: {home}"));
@@ -511,7 +503,12 @@ async fn demo_login_urls_show_identity_headers_and_the_banner() {
     );
 
     // The strict-CSP page: banner present, the page's own nonce still allowed.
-    let (status, headers, strict) = navigate(&c, &format!("{app}/strict"), &admin).await;
+    let Resp {
+        status,
+        headers,
+        body: strict,
+        ..
+    } = send(navigate(c.get(format!("{app}/strict")), &admin)).await;
     assert_eq!(status, 200, "/strict");
     let first = tag_after_body(&strict).unwrap_or("");
     assert!(
@@ -560,20 +557,15 @@ async fn demo_login_urls_show_identity_headers_and_the_banner() {
 // token mint / inspect
 // ---------------------------------------------------------------------------
 
-fn inspect_config(dir: &TempDir, token_extra: &str) -> std::path::PathBuf {
+/// A config for `token inspect` with `token`, written to `dir/name`: `cafe` and the
+/// `{tenant}.shop` wildcard.
+fn inspect_config(dir: &TempDir, name: &str, token: Token) -> std::path::PathBuf {
     let up: SocketAddr = "127.0.0.1:3000".parse().expect("addr");
-    let sites = format!(
-        "{}{}",
-        site("cafe.nixtech.app", up, ""),
-        site(
-            "*.shop.nixtech.app",
-            up,
-            r#"tenant_from_host = "{tenant}.shop.nixtech.app""#
-        )
-    );
-    let toml = config_with_token(&hs256_token_section(token_extra), &sites);
-    let name = format!("inspect-{}.toml", token_extra.len());
-    dir.write(&name, &materialize(&toml, dir))
+    let config = Config::new()
+        .token(token)
+        .site(Site::new(HOST, up))
+        .site(Site::new("*.shop.nixtech.app", up).tenant_from_host("{tenant}.shop.nixtech.app"));
+    dir.write(name, &materialize(&config, dir))
 }
 
 /// Checks a refusal (exit 1, verdict starting with `prefix`), recording a
@@ -597,19 +589,12 @@ fn refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
     let dir = TempDir::new();
-    let cfg = inspect_config(&dir, "");
-    let env = [(SECRET_ENV, SECRET)];
-    let other_env = [("SG_TEST_OTHER_SECRET", "a-completely-different-secret-4242")];
+    let cfg = inspect_config(&dir, "inspect.toml", Token::hs256());
 
     // A good token, minted by the CLI with every identity flag.
-    let good = mint_cli(
+    let good = mint_u1_of_acme(
+        OURS,
         &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
             "--email",
             "u1@acme.example",
             "--roles",
@@ -617,7 +602,6 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
             "--ttl",
             "30m",
         ],
-        &env,
     )
     .await;
     let (code, out) = inspect_cli(&cfg, Some("acme.shop.nixtech.app"), &good).await;
@@ -667,14 +651,9 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
     );
 
     // An impersonation token is accepted (liveness is the proxy's business).
-    let imp = mint_cli(
+    let imp = mint_u1_of_acme(
+        OURS,
         &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
             "--imp-sid",
             "s-1",
             "--imp-admin-id",
@@ -682,7 +661,6 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
             "--imp-admin-email",
             "root@nixtech.app",
         ],
-        &env,
     )
     .await;
     let (code, out) = inspect_cli(&cfg, None, &imp).await;
@@ -695,18 +673,7 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
     let mut failures: Vec<String> = Vec::new();
 
     // Bad signature: another secret, and a tampered payload.
-    let forged = mint_cli(
-        &[
-            "--secret-env",
-            "SG_TEST_OTHER_SECRET",
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-        ],
-        &other_env,
-    )
-    .await;
+    let forged = mint_u1_of_acme(OTHER, &[]).await;
     let (code, out) = inspect_cli(&cfg, Some("acme.shop.nixtech.app"), &forged).await;
     refused(
         &mut failures,
@@ -735,20 +702,7 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
 
     // Expired two hours ago (well past the 30 s leeway).
     let exp = (now() - 7200).to_string();
-    let expired = mint_cli(
-        &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-            "--claim",
-            &format!("exp={exp}"),
-        ],
-        &env,
-    )
-    .await;
+    let expired = mint_u1_of_acme(OURS, &["--claim", &format!("exp={exp}")]).await;
     let (code, out) = inspect_cli(&cfg, None, &expired).await;
     let v = refused(&mut failures, "expired", code, &out, "refused: expired: 2h");
     if !v.contains(" ago") {
@@ -771,20 +725,7 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
     }
 
     // Algorithm outside the allow-list (HS384 with the right secret).
-    let hs384 = mint_cli(
-        &[
-            "--alg",
-            "HS384",
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-        ],
-        &env,
-    )
-    .await;
+    let hs384 = mint_u1_of_acme(OURS, &["--alg", "HS384"]).await;
     let (code, out) = inspect_cli(&cfg, None, &hs384).await;
     refused(&mut failures, "HS384", code, &out, "refused: algorithm:");
 
@@ -810,24 +751,13 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
     // Issuer and audience, when the config checks them.
     let iss_cfg = inspect_config(
         &dir,
-        "issuer = \"https://api.nixtech.app\"\naudience = [\"nixtech\"]",
+        "inspect-iss.toml",
+        Token::hs256()
+            .issuer("https://api.nixtech.app")
+            .audience(&["nixtech"]),
     );
-    let wrong_iss = mint_cli(
-        &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-            "--iss",
-            "https://evil.example",
-            "--aud",
-            "nixtech",
-        ],
-        &env,
-    )
-    .await;
+    let wrong_iss =
+        mint_u1_of_acme(OURS, &["--iss", "https://evil.example", "--aud", "nixtech"]).await;
     let (code, out) = inspect_cli(&iss_cfg, None, &wrong_iss).await;
     refused(
         &mut failures,
@@ -836,20 +766,9 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
         &out,
         "refused: issuer:",
     );
-    let wrong_aud = mint_cli(
-        &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-            "--iss",
-            "https://api.nixtech.app",
-            "--aud",
-            "someone-else",
-        ],
-        &env,
+    let wrong_aud = mint_u1_of_acme(
+        OURS,
+        &["--iss", "https://api.nixtech.app", "--aud", "someone-else"],
     )
     .await;
     let (code, out) = inspect_cli(&iss_cfg, None, &wrong_aud).await;
@@ -860,20 +779,9 @@ async fn token_inspect_accepts_a_good_token_and_names_each_reason() {
         &out,
         "refused: audience:",
     );
-    let right = mint_cli(
-        &[
-            "--secret-env",
-            SECRET_ENV,
-            "--sub",
-            "u1",
-            "--tenant",
-            "acme",
-            "--iss",
-            "https://api.nixtech.app",
-            "--aud",
-            "nixtech",
-        ],
-        &env,
+    let right = mint_u1_of_acme(
+        OURS,
+        &["--iss", "https://api.nixtech.app", "--aud", "nixtech"],
     )
     .await;
     let (code, out) = inspect_cli(&iss_cfg, None, &right).await;
@@ -893,12 +801,7 @@ async fn token_inspect_with_a_bad_config_exits_2() {
     assert_eq!(code, Some(2), "missing config:\n{out}");
     assert_ne!(verdict(stdout_part(&out)), "accepted", "{out}");
 
-    let cfg = inspect_config(&dir, "");
-    let text = std::fs::read_to_string(&cfg).expect("read config");
-    let bad = dir.write(
-        "bad.toml",
-        &text.replacen("leeway = \"30s\"", "leeway = \"soon\"", 1),
-    );
+    let bad = inspect_config(&dir, "bad.toml", Token::hs256().leeway("soon"));
     let (code, out) = inspect_cli(&bad, None, &good).await;
     assert_eq!(code, Some(2), "bad duration:\n{out}");
     assert!(
@@ -937,7 +840,7 @@ async fn token_mint_without_its_secret_fails() {
 async fn sighup_adds_a_site_without_dropping_a_request_under_load() {
     let one = spawn_upstream_with(|_| Reply::default().body(b"one")).await;
     let two = spawn_upstream_with(|_| Reply::default().body(b"two")).await;
-    let sc = Sidecar::start_hs256(&site("cafe.nixtech.app", one.addr, "")).await;
+    let sc = Sidecar::start(&Config::new().site(Site::new(HOST, one.addr))).await;
     let cookie = session_cookie(&token(&claims()));
     let c = sc.client();
     let new_url = sc.url("legacy.nixtech.app", "/hello");
@@ -967,9 +870,12 @@ async fn sighup_adds_a_site_without_dropping_a_request_under_load() {
     let old = read_config(&sc);
     write_config(
         &sc.config_path,
-        &format!("{old}\n{}", site("legacy.nixtech.app", two.addr, "")),
+        &format!(
+            "{old}\n{}",
+            Site::new("legacy.nixtech.app", two.addr).toml()
+        ),
     );
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
 
     wait_for_answer(&c, &new_url, Some(&cookie), (200, "two")).await;
     let seen = two.last();
@@ -984,7 +890,7 @@ async fn sighup_adds_a_site_without_dropping_a_request_under_load() {
 
     // More swaps of the same config, still under load.
     for n in 2..=4 {
-        send_signal(sc.pid(), "HUP");
+        sc.signal("HUP");
         sc.wait_for_metric(RELOADS, &[("result", "ok")], |v| v >= f64::from(n))
             .await;
         let at = one.count();
@@ -1047,11 +953,11 @@ async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
     let one = spawn_upstream_with(|_| Reply::default().body(b"one")).await;
     let two = spawn_upstream_with(|_| Reply::default().body(b"two")).await;
     let three = spawn_upstream_with(|_| Reply::default().body(b"three")).await;
-    let sc = Sidecar::start_hs256(&format!(
-        "{}{}",
-        site("cafe.nixtech.app", one.addr, ""),
-        site("legacy.nixtech.app", two.addr, "")
-    ))
+    let sc = Sidecar::start(
+        &Config::new()
+            .site(Site::new(HOST, one.addr))
+            .site(Site::new("legacy.nixtech.app", two.addr)),
+    )
     .await;
     let c = sc.client();
     let cookie = session_cookie(&token(&claims()));
@@ -1093,10 +999,10 @@ async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
     let bad = format!(
         "{}\n{}",
         original.replacen("leeway = \"30s\"", "leeway = \"soon\"", 1),
-        site("strict.nixtech.app", three.addr, "")
+        Site::new("strict.nixtech.app", three.addr).toml()
     );
     write_config(&sc.config_path, &bad);
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
     sc.wait_for_metric(RELOADS, &[("result", "error")], |v| v >= 1.0)
         .await;
     serving("after an invalid config").await;
@@ -1114,7 +1020,7 @@ async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
 
     // 2. Broken TOML.
     write_config(&sc.config_path, "[listen\naddr = ");
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
     sc.wait_for_metric(RELOADS, &[("result", "error")], |v| v >= 2.0)
         .await;
     serving("after broken TOML").await;
@@ -1122,9 +1028,12 @@ async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
     // 3. A valid config again: the reload machinery still works.
     write_config(
         &sc.config_path,
-        &format!("{original}\n{}", site("strict.nixtech.app", three.addr, "")),
+        &format!(
+            "{original}\n{}",
+            Site::new("strict.nixtech.app", three.addr).toml()
+        ),
     );
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
     wait_for_answer(&c, &strict, Some(&cookie), (200, "three")).await;
     let ok = sc
         .wait_for_metric(RELOADS, &[("result", "ok")], |v| v >= 1.0)
@@ -1141,7 +1050,7 @@ async fn sighup_with_an_invalid_config_keeps_the_old_one_serving() {
 async fn sighup_refuses_to_change_the_listen_address() {
     let one = spawn_upstream_with(|_| Reply::default().body(b"one")).await;
     let two = spawn_upstream_with(|_| Reply::default().body(b"two")).await;
-    let sc = Sidecar::start_hs256(&site("cafe.nixtech.app", one.addr, "")).await;
+    let sc = Sidecar::start(&Config::new().site(Site::new(HOST, one.addr))).await;
     let c = sc.client();
     let original = read_config(&sc);
     let old_line = format!("addr = \"{}\"", sc.addr);
@@ -1149,14 +1058,14 @@ async fn sighup_refuses_to_change_the_listen_address() {
         original.contains(&old_line),
         "listen addr line:\n{original}"
     );
-    let moved: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let moved = free_addr();
     let changed = format!(
         "{}\n{}",
         original.replacen(&old_line, &format!("addr = \"{moved}\""), 1),
-        site("legacy.nixtech.app", two.addr, "")
+        Site::new("legacy.nixtech.app", two.addr).toml()
     );
     write_config(&sc.config_path, &changed);
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
     sc.wait_for_metric(RELOADS, &[("result", "error")], |v| v >= 1.0)
         .await;
     assert_eq!(sc.metric(RELOADS, &[("result", "ok")]).await, 0.0);
@@ -1188,7 +1097,7 @@ async fn sighup_lets_an_in_flight_request_finish_on_the_old_config() {
     })
     .await;
     let two = spawn_upstream_with(|_| Reply::default().body(b"two")).await;
-    let sc = Sidecar::start_hs256(&site("cafe.nixtech.app", up.addr, "")).await;
+    let sc = Sidecar::start(&Config::new().site(Site::new(HOST, up.addr))).await;
     let c = sc.client();
     let cookie = session_cookie(&token(&claims()));
 
@@ -1205,12 +1114,9 @@ async fn sighup_lets_an_in_flight_request_finish_on_the_old_config() {
     // The new config no longer serves cafe at all.
     write_config(
         &sc.config_path,
-        &config(&site("legacy.nixtech.app", two.addr, ""))
-            .replace("@LISTEN@", &sc.addr.to_string())
-            .replace("@ADMIN@", &sc.admin_addr.to_string())
-            .replace("@AUDIT@", &sc.audit_path.display().to_string()),
+        &sc.fill(&Config::new().site(Site::new("legacy.nixtech.app", two.addr))),
     );
-    send_signal(sc.pid(), "HUP");
+    sc.signal("HUP");
     wait_for_answer(
         &c,
         &sc.url("legacy.nixtech.app", "/"),
@@ -1262,10 +1168,10 @@ fn thp_enabled(pid: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_opts_out_of_transparent_huge_pages_unless_told_otherwise() {
     let up = spawn_upstream_with(|_| Reply::default().body(b"ok")).await;
-    let sites = site("cafe.nixtech.app", up.addr, "");
+    let config = Config::new().site(Site::new(HOST, up.addr));
 
     // Default: the process turns THP off for itself (huge pages doubled its peak RSS).
-    let sc = Sidecar::start_hs256(&sites).await;
+    let sc = Sidecar::start(&config).await;
     assert!(
         !thp_enabled(&sc.pid().to_string()),
         "sessiongate left transparent huge pages on"
@@ -1273,11 +1179,7 @@ async fn the_proxy_opts_out_of_transparent_huge_pages_unless_told_otherwise() {
 
     // mimalloc's own switch keeps the host's behaviour: the flag is inherited, so the proxy
     // then has exactly what this test process has.
-    let sc = Sidecar::start(
-        &config(&sites),
-        &[(SECRET_ENV, SECRET), ("MIMALLOC_ALLOW_THP", "1")],
-    )
-    .await;
+    let sc = Sidecar::start(&config.with_env("MIMALLOC_ALLOW_THP", "1")).await;
     assert_eq!(
         thp_enabled(&sc.pid().to_string()),
         thp_enabled("self"),

@@ -2,107 +2,28 @@
 //! binary between raw-byte clients and recording servers on loopback. Each test names the
 //! review item it covers; SECURITY.md points here.
 
-mod common;
-
-use common::*;
-use serde_json::{Value, json};
+use crate::common::*;
+use serde_json::json;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
-const HOST: &str = "cafe.nixtech.app";
 /// A site with `forward_session_cookie = true`.
 const FORWARDING_HOST: &str = "legacy.nixtech.app";
-const ADMIN_TOKEN_ENV: &str = "SG_SECURITY_ADMIN_TOKEN";
-const ADMIN_TOKEN: &str = "security-admin-token-0b9e";
 
-/// `[admin]` with a revoke bearer, `[liveness]` on `backend` with `liveness`'s extra lines, a
-/// file audit sink, and `sites`.
-fn security_config(backend: &Backend, liveness: &str, sites: &str) -> String {
-    format!(
-        r#"[listen]
-addr = "@LISTEN@"
-
-[admin]
-addr = "@ADMIN@"
-token_env = "{ADMIN_TOKEN_ENV}"
-
-{token}
-[liveness]
-url = "{url}"
-end_url = "{end_url}"
-timeout = "5s"
-{liveness}
-
-[audit]
-sink = "file:@AUDIT@"
-
-{sites}"#,
-        token = hs256_token_section(""),
-        url = backend.url(),
-        end_url = backend.end_url(),
-    )
+/// A revoke bearer, `liveness` (with a 5 s timeout), and `cafe` (the defaults, a deny rule for
+/// `DELETE /account`) and `legacy` (`forward_session_cookie = true`), both on `up`.
+fn two_sites(liveness: Liveness, up: SocketAddr) -> Config {
+    Config::new()
+        .admin_token()
+        .liveness(liveness.timeout("5s"))
+        .site(Site::new(HOST, up).deny(&["DELETE"], "/account"))
+        .site(Site::new(FORWARDING_HOST, up).forward_session_cookie())
 }
 
-async fn start(backend: &Backend, liveness: &str, sites: &str) -> Sidecar {
-    Sidecar::start(
-        &security_config(backend, liveness, sites),
-        &[(SECRET_ENV, SECRET), (ADMIN_TOKEN_ENV, ADMIN_TOKEN)],
-    )
-    .await
-}
-
-/// `cafe` (the defaults) and `legacy` (`forward_session_cookie = true`), both on `up`, with a
-/// deny rule for `DELETE /account`.
-fn two_sites(up: SocketAddr) -> String {
-    let deny = "[[site.deny_while_impersonating]]\nmethods = [\"DELETE\"]\npath = \"/account\"\n";
-    format!(
-        "{}{}",
-        site(HOST, up, deny),
-        site(FORWARDING_HOST, up, "forward_session_cookie = true")
-    )
-}
-
-/// A raw HTTP/1.1 request whose header values are bytes (not necessarily ASCII).
-fn request_bytes(method: &str, target: &str, host: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
-    for (k, v) in headers {
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    out
-}
-
+/// A raw GET whose header values are bytes (not necessarily ASCII).
 async fn get(sc: &Sidecar, host: &str, target: &str, headers: &[(&str, &[u8])]) -> RawResponse {
-    raw_request(sc.addr, &request_bytes("GET", target, host, headers)).await
-}
-
-async fn revoke(sc: &Sidecar, sid: &str) {
-    let r = plain_client()
-        .post(sc.admin_url(&format!("/sessions/{sid}/revoke")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("revoke");
-    assert_eq!(r.status(), 200, "revoke {sid}");
-}
-
-/// Every `Cookie` header the upstream received for `target`, as bytes.
-fn upstream_cookies(up: &Upstream, target: &str) -> Vec<Vec<u8>> {
-    up.find(target)
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    sc.raw_get(host, target, headers).await
 }
 
 // ---------------------------------------------------------------------------
@@ -113,7 +34,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 async fn a_cookie_header_with_non_ascii_bytes_still_yields_the_session_and_never_leaks_it() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let tok = token(&claims());
 
     // UTF-8 from document.cookie, a lone byte that is not UTF-8, a pair before the session.
@@ -134,7 +55,7 @@ async fn a_cookie_header_with_non_ascii_bytes_still_yields_the_session_and_never
         let mut want = o.to_vec();
         want.extend_from_slice(b"; theme=dark");
         assert_eq!(
-            upstream_cookies(&up, &target),
+            up.find(&target).cookies(),
             vec![want],
             "{target}: the other cookies pass byte for byte, the session cookie never"
         );
@@ -145,16 +66,20 @@ async fn a_cookie_header_with_non_ascii_bytes_still_yields_the_session_and_never
     cookie.extend_from_slice(format!("{COOKIE}={tok}").as_bytes());
     let r = get(&sc, HOST, "/cookie/last", &[("Cookie", &cookie)]).await;
     assert_eq!(r.status, 200);
-    let cookies = upstream_cookies(&up, "/cookie/last");
+    let cookies = up.find("/cookie/last").cookies();
     assert_eq!(cookies, vec![b"a=\xe2\x82\xac".to_vec()]);
-    assert!(!cookies.iter().any(|c| contains(c, tok.as_bytes())));
+    assert!(!cookies.iter().any(|c| contains_bytes(c, tok.as_bytes())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_odd_byte_does_not_skip_liveness_on_a_site_that_forwards_the_session_cookie() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "cache_ttl = \"100ms\"", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(
+        Liveness::on(&backend).cache_ttl("100ms"),
+        up.addr,
+    ))
+    .await;
     let sid = "imp-odd-byte";
     let mut cookie = imp_cookie(sid).into_bytes();
     cookie.extend_from_slice(b"; x=\xff");
@@ -170,7 +95,7 @@ async fn an_odd_byte_does_not_skip_liveness_on_a_site_that_forwards_the_session_
     assert_eq!(backend.calls_for(sid), 1, "liveness was asked");
 
     // Ended: refused, never forwarded, audited.
-    revoke(&sc, sid).await;
+    sc.revoke(sid).await;
     let r = get(&sc, FORWARDING_HOST, "/odd/ended", &[("Cookie", &cookie)]).await;
     assert_eq!(r.status, 401, "{}", r.body_text());
     assert!(!up.received("/odd/ended"));
@@ -185,7 +110,7 @@ async fn an_odd_byte_does_not_skip_liveness_on_a_site_that_forwards_the_session_
     cookie2.extend_from_slice(b"; x=\xff");
     let r = raw_request(
         sc.addr,
-        &request_bytes("DELETE", "/account", HOST, &[("Cookie", &cookie2)]),
+        &raw_request_bytes("DELETE", "/account", HOST, &[("Cookie", &cookie2)]),
     )
     .await;
     assert_eq!(r.status, 403);
@@ -196,7 +121,7 @@ async fn an_odd_byte_does_not_skip_liveness_on_a_site_that_forwards_the_session_
 async fn a_site_that_forwards_the_session_cookie_gets_only_a_verified_one() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let good = token(&claims());
     let expired = token(&claims_with(json!({"exp": now() - 3600})));
 
@@ -210,7 +135,7 @@ async fn a_site_that_forwards_the_session_cookie_gets_only_a_verified_one() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(upstream_cookies(&up, "/fwd/good"), vec![sent.into_bytes()]);
+    assert_eq!(up.find("/fwd/good").cookies(), vec![sent.into_bytes()]);
 
     // A token the proxy refused is not the app's to judge again.
     let sent = format!("a=1; {COOKIE}={expired}");
@@ -222,7 +147,7 @@ async fn a_site_that_forwards_the_session_cookie_gets_only_a_verified_one() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert_eq!(upstream_cookies(&up, "/fwd/expired"), vec![b"a=1".to_vec()]);
+    assert_eq!(up.find("/fwd/expired").cookies(), vec![b"a=1".to_vec()]);
     assert!(up.find("/fwd/expired").identity().is_empty());
 
     // Another spelling of the name next to the verified one is dropped.
@@ -236,7 +161,7 @@ async fn a_site_that_forwards_the_session_cookie_gets_only_a_verified_one() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(
-        upstream_cookies(&up, "/fwd/case"),
+        up.find("/fwd/case").cookies(),
         vec![format!("{COOKIE}={good}").into_bytes()]
     );
 }
@@ -245,26 +170,11 @@ async fn a_site_that_forwards_the_session_cookie_gets_only_a_verified_one() {
 // 2. A framing header named in `Connection` is refused, never stripped
 // ---------------------------------------------------------------------------
 
-/// Reads until the peer closes (bounded); returns everything read and whether it closed.
-async fn read_until_closed(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut tmp = [0u8; 4096];
-        match tokio::time::timeout(left, stream.read(&mut tmp)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (buf, true),
-            Ok(Ok(n)) => buf.extend_from_slice(&tmp[..n]),
-            Err(_) => return (buf, false),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_length_named_in_connection_is_refused_instead_of_desyncing() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     // The body is a whole second request.
     let body = format!("GET /smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
 
@@ -274,15 +184,15 @@ async fn a_content_length_named_in_connection_is_refused_instead_of_desyncing() 
         "transfer-encoding",
         "close, Host",
     ] {
-        let mut s = TcpStream::connect(sc.addr).await.expect("connect");
+        let mut c = Conn::open(sc.addr).await;
         let head = format!(
             "POST /form HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\nConnection: {named}\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes()).await.expect("head");
+        c.stream.write_all(head.as_bytes()).await.expect("head");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = s.write_all(body.as_bytes()).await;
-        let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        c.send(body.as_bytes()).await;
+        let (bytes, closed) = c.read_until_closed(Duration::from_secs(10)).await;
         let text = String::from_utf8_lossy(&bytes);
         assert!(
             text.starts_with("HTTP/1.1 400"),
@@ -320,7 +230,7 @@ async fn impersonated_responses_lose_cdn_targeted_cache_headers() {
     })
     .await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
 
     let imp = imp_cookie("imp-cdn");
     let r = get(&sc, HOST, "/cdn/imp", &[("Cookie", imp.as_bytes())]).await;
@@ -348,11 +258,10 @@ async fn impersonated_responses_lose_cdn_targeted_cache_headers() {
 async fn an_ended_session_stays_ended_past_ended_ttl_while_its_token_lives() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(
-        &backend,
-        "cache_ttl = \"200ms\"\nended_ttl = \"1s\"",
-        &two_sites(up.addr),
-    )
+    let sc = Sidecar::start(&two_sites(
+        Liveness::on(&backend).cache_ttl("200ms").ended_ttl("1s"),
+        up.addr,
+    ))
     .await;
 
     // Ended by the backend, then a misconfigured backend says "live" again.
@@ -368,7 +277,7 @@ async fn an_ended_session_stays_ended_past_ended_ttl_while_its_token_lives() {
     let cookie2 = imp_cookie(sid2);
     let r = get(&sc, HOST, "/e/2", &[("Cookie", cookie2.as_bytes())]).await;
     assert_eq!(r.status, 200);
-    revoke(&sc, sid2).await;
+    sc.revoke(sid2).await;
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for (path, c) in [("/e/3", &cookie), ("/e/4", &cookie2)] {
@@ -385,23 +294,15 @@ async fn an_ended_session_stays_ended_past_ended_ttl_while_its_token_lives() {
 
 /// An upstream that answers every request with a small HTML page.
 async fn html_upstream() -> Upstream {
-    spawn_upstream_with(|_| {
-        Reply {
-            headers: vec![("Content-Type".into(), "text/html".into())],
-            ..Reply::default()
-        }
-        .body(b"<html><body><p>page</p></body></html>")
-    })
-    .await
+    spawn_upstream_with(|_| Reply::typed("text/html", b"<html><body><p>page</p></body></html>"))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_404_from_end_url_is_a_failure_not_an_end() {
     let up = html_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
-    let c = sc.client();
-    let origin = format!("http://{HOST}:{}", sc.addr.port());
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let cookie = imp_cookie("imp-end-404");
 
     // The banner's form token, from an impersonated page.
@@ -412,19 +313,8 @@ async fn a_plain_404_from_end_url_is_a_failure_not_an_end() {
         &[("Cookie", cookie.as_bytes()), ("Accept", b"text/html")],
     )
     .await;
-    let html = r.body_text();
-    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-    let csrf = html[at..at + html[at..].find('"').expect("end")].to_string();
-    let end = || {
-        send(
-            c.post(sc.url(HOST, "/.sessiongate/end-impersonation"))
-                .header("cookie", &cookie)
-                .header("origin", &origin)
-                .header("accept", "application/json")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("csrf={csrf}")),
-        )
-    };
+    let csrf = csrf_of(&banner(&r.body_text()));
+    let end = || sc.end_with_form(&cookie, &csrf, "application/json");
 
     // end_url answers a bare 404, which is also what a wrong end_url looks like.
     backend.set_for("end-impersonation", 404, "<h1>Not Found</h1>");
@@ -453,7 +343,7 @@ async fn a_plain_404_from_end_url_is_a_failure_not_an_end() {
 async fn absurd_expiry_times_are_refused_and_never_drop_the_connection() {
     let up = html_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let exps = [
         ("max", json!(u64::MAX)),
         ("millis", json!((now() + 3600) * 1000)),
@@ -461,10 +351,8 @@ async fn absurd_expiry_times_are_refused_and_never_drop_the_connection() {
         ("float", json!((now() + 3600) as f64 + 0.25)),
     ];
     for (name, exp) in exps {
-        let c = imp_claims(&format!("imp-exp-{name}"));
-        let mut c = c.as_object().expect("claims").clone();
-        c.insert("exp".into(), exp);
-        let cookie = session_cookie(&token(&Value::Object(c)));
+        let c = imp_claims_with(&format!("imp-exp-{name}"), json!({ "exp": exp }));
+        let cookie = session_cookie(&token(&c));
         let target = format!("/exp/{name}");
         let r = get(
             &sc,
@@ -502,7 +390,7 @@ async fn absurd_expiry_times_are_refused_and_never_drop_the_connection() {
 async fn header_values_encode_percent_so_encoded_and_literal_claims_differ() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     for (path, sub, want) in [
         ("/pct/literal", "%C3%A9", "%25C3%25A9"),
         ("/pct/utf8", "\u{e9}", "%C3%A9"),
@@ -529,7 +417,7 @@ async fn header_values_encode_percent_so_encoded_and_literal_claims_differ() {
 async fn an_underscored_method_override_is_judged_by_the_deny_list() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let cookie = imp_cookie("imp-underscore");
     for name in [
         "X_HTTP_Method_Override",
@@ -572,7 +460,7 @@ async fn forwarding_look_alike_headers_never_reach_the_app() {
     ];
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let headers: Vec<(&str, &[u8])> = LOOKALIKES.iter().map(|h| (*h, &b"evil"[..])).collect();
     let r = get(&sc, HOST, "/lookalikes", &headers).await;
     assert_eq!(r.status, 200);
@@ -594,7 +482,7 @@ async fn forwarding_look_alike_headers_never_reach_the_app() {
 async fn bidi_controls_in_claims_are_neutralised_in_the_banner() {
     let up = html_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let claims = claims_with(json!({
         "email": "\u{202E}moc.evil@ana",
         "imp": {"sid": "imp-bidi", "admin_email": "root@nixtech.app\u{2067}\u{200F}"}
@@ -635,12 +523,16 @@ async fn bidi_controls_in_claims_are_neutralised_in_the_banner() {
 async fn the_tenant_header_is_the_hosts_form_and_blank_claims_are_refused() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sites = site(
-        "*.shop.nixtech.app",
-        up.addr,
-        "tenant_from_host = \"{tenant}.shop.nixtech.app\"",
-    );
-    let sc = start(&backend, "", &sites).await;
+    let sc = Sidecar::start(
+        &Config::new()
+            .admin_token()
+            .liveness(Liveness::on(&backend).timeout("5s"))
+            .site(
+                Site::new("*.shop.nixtech.app", up.addr)
+                    .tenant_from_host("{tenant}.shop.nixtech.app"),
+            ),
+    )
+    .await;
     let acme = session_cookie(&token(&claims_with(json!({"tenant_id": "ACME"}))));
     let r = get(
         &sc,
@@ -685,7 +577,7 @@ async fn the_tenant_header_is_the_hosts_form_and_blank_claims_are_refused() {
 async fn a_form_post_read_for_its_method_still_reaches_the_app_whole() {
     let up = spawn_upstream().await;
     let backend = spawn_backend().await;
-    let sc = start(&backend, "", &two_sites(up.addr)).await;
+    let sc = Sidecar::start(&two_sites(Liveness::on(&backend), up.addr)).await;
     let cookie = imp_cookie("imp-form-body");
     let form = |body: &str| {
         let mut out = format!(

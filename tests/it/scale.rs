@@ -7,26 +7,15 @@
 //! get ended, so a replica that refuses a cookie soon after another replica ended it can only
 //! have learnt it through the fan-out.
 
-mod common;
-
-use common::*;
-use serde_json::{Value, json};
+use crate::common::*;
+use serde_json::json;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const HOST: &str = "cafe.nixtech.app";
-const ADMIN_TOKEN_ENV: &str = "SG_ADMIN_TOKEN";
-const ADMIN_TOKEN: &str = "admin-token-scale-5c1e7a90";
-const REDIS_URL_ENV: &str = "SG_REDIS_URL";
-const CSRF_SECRET_ENV: &str = "SG_CSRF_SECRET";
-const CSRF_SECRET: &str = "csrf-secret-shared-by-every-replica-0123456789";
 const CHANNEL: &str = "sessiongate:revocations";
-const END_PATH: &str = "/.sessiongate/end-impersonation";
-const ENDED_BODY: &str = r#"{"error":"impersonation_ended"}"#;
-const BANNER_START: &str = "<div id=\"sessiongate-banner\"";
 
 const CONNECTED: &str = "sessiongate_redis_connected";
 const DISCONNECTS: &str = "sessiongate_redis_disconnects_total";
@@ -193,54 +182,17 @@ impl Drop for Redis {
 // Replicas
 // ---------------------------------------------------------------------------
 
-fn replica_config(backend: &Backend, upstream: SocketAddr) -> String {
-    format!(
-        r#"[listen]
-addr = "@LISTEN@"
-
-[admin]
-addr = "@ADMIN@"
-token_env = "{ADMIN_TOKEN_ENV}"
-
-{token}
-[liveness]
-url = "{url}"
-end_url = "{end_url}"
-cache_ttl = "30s"
-redis_url_env = "{REDIS_URL_ENV}"
-
-[banner]
-csrf_secret_env = "{CSRF_SECRET_ENV}"
-
-[audit]
-sink = "file:@AUDIT@"
-
-{site}"#,
-        token = hs256_token_section(""),
-        url = backend.url(),
-        end_url = backend.end_url(),
-        site = site(HOST, upstream, ""),
-    )
-}
-
-/// `n` replicas with their own ports, the same upstream, backend and Redis.
+/// `n` replicas with their own ports, the same upstream, backend and Redis, and the same CSRF
+/// secret (an End form from one replica is good on all).
 async fn replicas(n: usize, backend: &Backend, up: &Upstream, redis: &Redis) -> Vec<Sidecar> {
-    let toml = replica_config(backend, up.addr);
-    let url = redis.url();
+    let config = Config::new()
+        .admin_token()
+        .liveness(Liveness::on(backend).cache_ttl("30s").redis(&redis.url()))
+        .banner_csrf_secret()
+        .site(Site::new(HOST, up.addr));
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(
-            Sidecar::start(
-                &toml,
-                &[
-                    (SECRET_ENV, SECRET),
-                    (ADMIN_TOKEN_ENV, ADMIN_TOKEN),
-                    (REDIS_URL_ENV, &url),
-                    (CSRF_SECRET_ENV, CSRF_SECRET),
-                ],
-            )
-            .await,
-        );
+        v.push(Sidecar::start(&config).await);
     }
     v
 }
@@ -249,31 +201,19 @@ async fn replicas(n: usize, backend: &Backend, up: &Upstream, redis: &Redis) -> 
 async fn upstream() -> Upstream {
     spawn_upstream_with(|rec| {
         if rec.path() == "/page" {
-            Reply {
-                headers: vec![("Content-Type".into(), "text/html; charset=utf-8".into())],
-                ..Reply::default()
-            }
-            .body(b"<!DOCTYPE html>\n<html><head><title>p</title></head><body><h1>Orders</h1></body></html>\n")
+            Reply::html(b"<!DOCTYPE html>\n<html><head><title>p</title></head><body><h1>Orders</h1></body></html>\n")
         } else {
-            Reply {
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                ..Reply::default()
-            }
-            .body(b"[]")
+            Reply::typed("application/json", b"[]")
         }
     })
     .await
 }
 
 async fn readyz(sc: &Sidecar) -> String {
-    let r = plain_client()
-        .get(sc.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("GET /readyz");
+    let r = send(plain_client().get(sc.admin_url("/readyz"))).await;
     // Readiness does not depend on Redis: the replica still serves (on cache_ttl).
-    assert_eq!(r.status(), 200, "GET /readyz");
-    r.text().await.expect("readyz body")
+    assert_eq!(r.status, 200, "GET /readyz");
+    r.body
 }
 
 fn says_connected(readyz: &str) -> bool {
@@ -325,27 +265,12 @@ async fn wait_link(scs: &[&Sidecar], up: bool) {
 // Requests
 // ---------------------------------------------------------------------------
 
-/// A `fetch()`-style call: not a navigation.
+/// A `fetch()`-style call to `/api/orders`: not a navigation.
 async fn api(sc: &Sidecar, cookie: &str) -> Resp {
-    send(
-        sc.client()
-            .get(sc.url(HOST, "/api/orders"))
-            .header("cookie", cookie)
-            .header("accept", "application/json")
-            .header("sec-fetch-mode", "cors"),
-    )
-    .await
-}
-
-async fn navigate(sc: &Sidecar, cookie: &str, path: &str) -> Resp {
-    send(
-        sc.client()
-            .get(sc.url(HOST, path))
-            .header("cookie", cookie)
-            .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
-            .header("sec-fetch-mode", "navigate")
-            .header("sec-fetch-dest", "document"),
-    )
+    send(api_call(
+        sc.client().get(sc.url(HOST, "/api/orders")),
+        cookie,
+    ))
     .await
 }
 
@@ -359,7 +284,7 @@ async fn assert_refused(what: &str, sc: &Sidecar, cookie: &str) {
     let r = api(sc, cookie).await;
     assert_eq!(r.status, 401, "{what}: API call (body {:?})", r.body);
     assert_eq!(r.body, ENDED_BODY, "{what}: API call body");
-    let r = navigate(sc, cookie, "/page").await;
+    let r = send(navigate(sc.client().get(sc.url(HOST, "/page")), cookie)).await;
     assert_eq!(
         r.status,
         302,
@@ -405,54 +330,13 @@ async fn assert_refused_within_1s(what: &str, scs: &[(&str, &Sidecar)], cookie: 
     }
 }
 
-/// The value of the first `attr="…"` in the tag that contains `marker`.
-fn attr_after(html: &str, marker: &str, attr: &str) -> Option<String> {
-    let from = html.find(marker)?;
-    let tag_start = html[..from].rfind('<')?;
-    let tag_end = html[from..].find('>')? + from;
-    let tag = &html[tag_start..tag_end];
-    let key = format!(" {attr}=\"");
-    let at = tag.find(&key)? + key.len();
-    let end = tag[at..].find('"')? + at;
-    Some(tag[at..end].to_string())
-}
-
 /// Ends the session through the banner's End button on `sc`: GET a page for the banner's
 /// csrf, then the form POST with this site's exact Origin.
 async fn end_via_banner(sc: &Sidecar, cookie: &str) {
-    let page = navigate(sc, cookie, "/page").await;
-    assert_eq!(page.status, 200, "banner page: {:?}", page.body);
-    let at = page
-        .body
-        .find(BANNER_START)
-        .unwrap_or_else(|| panic!("no banner in the page: {:?}", page.body));
-    let csrf = attr_after(&page.body[at..], "name=\"csrf\"", "value")
-        .unwrap_or_else(|| panic!("the banner has no csrf field: {:?}", &page.body[at..]));
-    let r = send(
-        sc.client()
-            .post(sc.url(HOST, END_PATH))
-            .header("cookie", cookie)
-            .header("origin", format!("http://{HOST}:{}", sc.addr.port()))
-            .header("accept", "application/json")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("csrf={csrf}")),
-    )
-    .await;
+    let csrf = sc.csrf_for(cookie).await;
+    let r = sc.end_with_form(cookie, &csrf, "application/json").await;
     assert_eq!(r.status, 200, "End: {:?}", r.body);
-    let body: Value = serde_json::from_str(&r.body).expect("End answer is JSON");
-    assert_eq!(body, json!({"ended": true}), "End answer");
-}
-
-async fn admin_revoke(sc: &Sidecar, sid: &str) {
-    let r = send(
-        plain_client()
-            .post(sc.admin_url(&format!("/sessions/{sid}/revoke")))
-            .bearer_auth(ADMIN_TOKEN),
-    )
-    .await;
-    assert_eq!(r.status, 200, "admin revoke of {sid}: {:?}", r.body);
-    let body: Value = serde_json::from_str(&r.body).expect("revoke answer is JSON");
-    assert_eq!(body, json!({"revoked": true, "sid": sid}));
+    assert_eq!(r.json(), json!({"ended": true}), "End answer");
 }
 
 async fn metrics_of(scs: &[&Sidecar], name: &str) -> Vec<f64> {
@@ -515,7 +399,7 @@ async fn three_replicas_stop_honouring_an_ended_session_within_a_second() {
 
     // 2. An admin revoke on B: A and C refuse within 1 s.
     let cookie = imp_cookie("scale-revoke");
-    admin_revoke(b, "scale-revoke").await;
+    b.revoke("scale-revoke").await;
     assert_refused("scale-revoke on B right after the revoke", b, &cookie).await;
     assert_refused_within_1s("admin revoke on B", &[("A", a), ("C", c)], &cookie).await;
 
@@ -634,7 +518,7 @@ async fn a_redis_outage_falls_back_to_cache_ttl_and_the_reconnect_drops_old_live
 
     // A revoke on A while Redis is down: A refuses at once; B cannot know and, as documented,
     // falls back to cache_ttl: it still serves the cached live answer.
-    admin_revoke(a, "outage-revoked").await;
+    a.revoke("outage-revoked").await;
     assert_refused("revoked on A during the outage", a, &revoked).await;
     assert_live("revoked on A, asked on B during the outage", b, &revoked).await;
 

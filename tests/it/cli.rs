@@ -1,13 +1,12 @@
 //! The command line: `check` verdicts with key paths, `run` refusing a bad
 //! config, and graceful shutdown on SIGTERM.
 
-mod common;
-
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Every `:LINE:COL:` in `s`.
 fn line_cols(s: &str) -> Vec<(usize, usize)> {
@@ -32,36 +31,32 @@ fn line_of(toml: &str, needle: &str) -> usize {
         + 1
 }
 
-fn good_sites() -> String {
+/// HS256 and three sites that use the keys the checks look at.
+fn good_config() -> Config {
     let up: SocketAddr = "127.0.0.1:3000".parse().expect("addr");
-    format!(
-        "{}{}{}",
-        site(
-            "cafe.nixtech.app",
-            up,
-            r#"public_paths = ["/assets/*", "/favicon.ico"]
-forward_session_cookie = false"#
-        ),
-        site(
-            "*.shop.nixtech.app",
-            up,
-            r#"tenant_from_host = "{tenant}.shop.nixtech.app"
-unauthenticated = "reject""#
-        ),
-        site(
-            "login.nixtech.app",
-            up,
-            r#"unauthenticated = "redirect"
-login_url = "https://nixtech.app/login?return_to={url}""#
-        ),
-    )
+    Config::new()
+        .site(
+            Site::new(HOST, up)
+                .public_paths(&["/assets/*", "/favicon.ico"])
+                .extra("forward_session_cookie = false"),
+        )
+        .site(
+            Site::new("*.shop.nixtech.app", up)
+                .tenant_from_host("{tenant}.shop.nixtech.app")
+                .unauthenticated("reject"),
+        )
+        .site(
+            Site::new("login.nixtech.app", up)
+                .unauthenticated("redirect")
+                .login_url("https://nixtech.app/login?return_to={url}"),
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_accepts_a_good_config() {
     let dir = TempDir::new();
 
-    let hs = dir.write("hs.toml", &materialize(&config(&good_sites()), &dir));
+    let hs = dir.write("hs.toml", &materialize(&good_config(), &dir));
     let (code, out, err) = run_cli(
         &["check", "--config", &hs.display().to_string()],
         &[(SECRET_ENV, SECRET)],
@@ -72,10 +67,7 @@ async fn check_accepts_a_good_config() {
 
     let rs = dir.write(
         "rs.toml",
-        &materialize(
-            &config_with_token(&rs256_token_section(), &good_sites()),
-            &dir,
-        ),
+        &materialize(&good_config().token(Token::rs256()), &dir),
     );
     let (code, out, err) = run_cli(&["check", "--config", &rs.display().to_string()], &[]).await;
     assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
@@ -93,9 +85,15 @@ struct BadCase {
 }
 
 fn bad_cases(dir: &TempDir) -> Vec<BadCase> {
-    let good = materialize(&config(&good_sites()), dir);
+    let good = materialize(&good_config(), dir);
     let up: SocketAddr = "127.0.0.1:3000".parse().expect("addr");
-    let with_sites = |sites: String| materialize(&config(&sites), dir);
+    let with_sites = |sites: &[Site]| {
+        let config = sites
+            .iter()
+            .fold(Config::new(), |c, site| c.site(site.clone()));
+        materialize(&config, dir)
+    };
+    let with_token = |token: Token| materialize(&good_config().token(token), dir);
     let replace = |from: &str, to: &str| {
         assert!(good.contains(from), "{from:?} not in the good config");
         good.replacen(from, to, 1)
@@ -103,21 +101,21 @@ fn bad_cases(dir: &TempDir) -> Vec<BadCase> {
     vec![
         BadCase {
             name: "unknown key",
-            toml: replace("leeway = \"30s\"", "leeway = \"30s\"\ncolour = \"blue\""),
+            toml: with_token(Token::hs256().extra("colour = \"blue\"")),
             with_secret: true,
             keys: &["token.colour"],
             lines: &["colour = "],
         },
         BadCase {
             name: "unknown key in a site",
-            toml: with_sites(site("cafe.nixtech.app", up, "upstrem = \"x\"")),
+            toml: with_sites(&[Site::new(HOST, up).extra("upstrem = \"x\"")]),
             with_secret: true,
             keys: &["site[0].upstrem"],
             lines: &["upstrem = "],
         },
         BadCase {
             name: "bad duration",
-            toml: replace("leeway = \"30s\"", "leeway = \"soon\""),
+            toml: with_token(Token::hs256().leeway("soon")),
             with_secret: true,
             keys: &["token.leeway"],
             lines: &["leeway = \"soon\""],
@@ -156,66 +154,46 @@ fn bad_cases(dir: &TempDir) -> Vec<BadCase> {
         },
         BadCase {
             name: "wildcard in the middle of a host",
-            toml: with_sites(site("cafe.*.nixtech.app", up, "")),
+            toml: with_sites(&[Site::new("cafe.*.nixtech.app", up)]),
             with_secret: true,
             keys: &["site[0].host"],
             lines: &["cafe.*.nixtech.app"],
         },
         BadCase {
             name: "partial-label wildcard",
-            toml: with_sites(format!(
-                "{}{}",
-                site("cafe.nixtech.app", up, ""),
-                site("caf*.nixtech.app", up, "")
-            )),
+            toml: with_sites(&[Site::new(HOST, up), Site::new("caf*.nixtech.app", up)]),
             with_secret: true,
             keys: &["site[1].host"],
             lines: &["caf*.nixtech.app"],
         },
         BadCase {
             name: "tenant_from_host without {tenant}",
-            toml: with_sites(format!(
-                "{}{}",
-                site("cafe.nixtech.app", up, ""),
-                site(
-                    "*.shop.nixtech.app",
-                    up,
-                    r#"tenant_from_host = "acme.shop.nixtech.app""#
-                )
-            )),
+            toml: with_sites(&[
+                Site::new(HOST, up),
+                Site::new("*.shop.nixtech.app", up).tenant_from_host("acme.shop.nixtech.app"),
+            ]),
             with_secret: true,
             keys: &["site[1].tenant_from_host"],
             lines: &["tenant_from_host = "],
         },
         BadCase {
             name: "redirect without login_url",
-            toml: with_sites(site(
-                "cafe.nixtech.app",
-                up,
-                r#"unauthenticated = "redirect""#,
-            )),
+            toml: with_sites(&[Site::new(HOST, up).unauthenticated("redirect")]),
             with_secret: true,
             keys: &["site[0].login_url", "site[0].unauthenticated"],
             lines: &["[[site]]", "unauthenticated = \"redirect\""],
         },
         BadCase {
             name: "unknown unauthenticated mode",
-            toml: with_sites(site("cafe.nixtech.app", up, r#"unauthenticated = "maybe""#)),
+            toml: with_sites(&[Site::new(HOST, up).unauthenticated("maybe")]),
             with_secret: true,
             keys: &["site[0].unauthenticated"],
             lines: &["\"maybe\""],
         },
         BadCase {
             name: "missing public key file",
-            toml: materialize(
-                &config_with_token(
-                    &rs256_token_section().replace(
-                        &fixture("rsa_public.pem").display().to_string(),
-                        "/nonexistent/sessiongate/key.pem",
-                    ),
-                    &good_sites(),
-                ),
-                dir,
+            toml: with_token(
+                Token::rs256().public_key_file(Path::new("/nonexistent/sessiongate/key.pem")),
             ),
             with_secret: false,
             keys: &["token.public_key_file"],
@@ -316,16 +294,14 @@ async fn run_with_a_bad_config_exits_2_and_does_not_listen() {
         ("token.secret_env", false, "", ""),
     ];
     for (key, with_secret, from, to) in cases {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let toml = config(&good_sites())
-            .replace("@LISTEN@", &listen.to_string())
-            .replace("@ADMIN@", &admin.to_string())
-            .replace(
-                "@AUDIT@",
-                &dir.path().join("audit.jsonl").display().to_string(),
-            )
-            .replacen(from, to, if from.is_empty() { 0 } else { 1 });
+        let (listen, admin) = (free_addr(), free_addr());
+        let toml = fill_placeholders(
+            &good_config().toml(),
+            listen,
+            admin,
+            &dir.path().join("audit.jsonl"),
+        )
+        .replacen(from, to, if from.is_empty() { 0 } else { 1 });
         let path = dir.write(&format!("run-{}.toml", key.replace('.', "-")), &toml);
 
         let mut cmd = tokio::process::Command::new(bin());
@@ -363,7 +339,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
         }
     })
     .await;
-    let mut sc = Sidecar::start_hs256(&site("cafe.nixtech.app", up.addr, "")).await;
+    let mut sc = Sidecar::start(&Config::new().site(Site::new(HOST, up.addr))).await;
     let c = sc.client();
     let url = sc.url("cafe.nixtech.app", "/slow");
     let cookie = session_cookie(&token(&claims()));
@@ -380,7 +356,7 @@ async fn sigterm_lets_an_in_flight_response_finish_then_exits_0() {
         (status, body)
     });
     up.wait_for_count(1).await;
-    sc.sigterm();
+    sc.signal("TERM");
 
     let (status, body) = tokio::time::timeout(Duration::from_secs(60), in_flight)
         .await
