@@ -417,11 +417,7 @@ mod tests {
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", b"/", None).expect("request");
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).expect("header");
-        }
-        r
+        crate::testing::request("GET", "/", headers)
     }
 
     #[test]

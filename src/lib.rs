@@ -27,6 +27,8 @@ pub mod response;
 pub mod site;
 pub mod state;
 pub mod sync;
+#[cfg(test)]
+mod testing;
 pub mod token;
 
 use banner::NoRandomness;

@@ -233,11 +233,7 @@ mod tests {
     use super::*;
 
     fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", target.as_bytes(), None).expect("request");
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).expect("header");
-        }
-        r
+        crate::testing::request("GET", target, headers)
     }
 
     #[test]

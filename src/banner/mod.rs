@@ -300,11 +300,7 @@ mod tests {
     use super::*;
 
     fn req(method: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, b"/", None).expect("req");
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).expect("h");
-        }
-        r
+        crate::testing::request(method, "/", headers)
     }
 
     fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
