@@ -9,6 +9,7 @@ mod common;
 mod banner;
 mod browser;
 mod cli;
+mod connections;
 mod core;
 mod deny;
 mod end;

@@ -293,6 +293,8 @@ impl Site {
 /// A whole `sessiongate.toml`.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// `[listen]` lines after `addr`.
+    listen: Vec<String>,
     admin: Vec<String>,
     token: Token,
     liveness: Option<Liveness>,
@@ -314,6 +316,7 @@ impl Config {
     /// HS256 tokens, audit to a file, no liveness, no sites.
     pub fn new() -> Config {
         Config {
+            listen: Vec::new(),
             admin: Vec::new(),
             token: Token::hs256(),
             liveness: None,
@@ -324,6 +327,18 @@ impl Config {
             sites: Vec::new(),
             env: Vec::new(),
         }
+    }
+
+    /// `[listen] header_timeout`: how long a new connection may take to say what it speaks.
+    pub fn header_timeout(mut self, timeout: &str) -> Config {
+        self.listen.push(quoted("header_timeout", timeout));
+        self
+    }
+
+    /// `[listen] max_connections`: open client connections on the public listener.
+    pub fn max_connections(mut self, max: usize) -> Config {
+        self.listen.push(format!("max_connections = {max}"));
+        self
     }
 
     pub fn token(mut self, token: Token) -> Config {
@@ -389,7 +404,11 @@ impl Config {
     }
 
     pub fn toml(&self) -> String {
-        let mut s = String::from("[listen]\naddr = \"@LISTEN@\"\n\n[admin]\naddr = \"@ADMIN@\"\n");
+        let mut s = String::from("[listen]\naddr = \"@LISTEN@\"\n");
+        for l in &self.listen {
+            s.push_str(&format!("{l}\n"));
+        }
+        s.push_str("\n[admin]\naddr = \"@ADMIN@\"\n");
         for l in &self.admin {
             s.push_str(&format!("{l}\n"));
         }

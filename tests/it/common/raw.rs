@@ -56,6 +56,18 @@ pub fn raw_request_bytes<V: AsRef<[u8]>>(
     host: &str,
     headers: &[(&str, V)],
 ) -> Vec<u8> {
+    raw_request_with_body(method, target, host, headers, b"")
+}
+
+/// [`raw_request_bytes`] with `body` after the head, announced by a `Content-Length` (none
+/// when the body is empty).
+pub fn raw_request_with_body<V: AsRef<[u8]>>(
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(&str, V)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n").into_bytes();
     for (k, v) in headers {
         out.extend_from_slice(k.as_bytes());
@@ -63,7 +75,11 @@ pub fn raw_request_bytes<V: AsRef<[u8]>>(
         out.extend_from_slice(v.as_ref());
         out.extend_from_slice(b"\r\n");
     }
+    if !body.is_empty() {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
     out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(body);
     out
 }
 
@@ -365,7 +381,24 @@ impl Sidecar {
         target: &str,
         headers: &[(&str, V)],
     ) -> RawResponse {
-        raw_request(self.addr, &raw_request_bytes("GET", target, host, headers)).await
+        self.raw_send("GET", host, target, headers, b"").await
+    }
+
+    /// Any method on its own connection with `Host: host` exactly as given, `headers` (values
+    /// as bytes) and `body` ([`raw_request_with_body`]).
+    pub async fn raw_send<V: AsRef<[u8]>>(
+        &self,
+        method: &str,
+        host: &str,
+        target: &str,
+        headers: &[(&str, V)],
+        body: &[u8],
+    ) -> RawResponse {
+        raw_request(
+            self.addr,
+            &raw_request_with_body(method, target, host, headers, body),
+        )
+        .await
     }
 
     /// One request on its own connection, `Host` as the client sends it (with the port),

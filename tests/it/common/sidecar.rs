@@ -43,6 +43,20 @@ impl Sidecar {
     /// Writes the config (placeholders filled), spawns the binary with the environment the
     /// config names and waits until the admin `/healthz` answers 200.
     pub async fn start(config: &Config) -> Sidecar {
+        Sidecar::start_with(Command::new(bin()), config).await
+    }
+
+    /// [`Sidecar::start`], with the binary started by `sh -c SCRIPT`, where `SCRIPT` sets
+    /// limits and ends in `exec "$0" "$@"` (e.g. `ulimit -n 128; exec "$0" "$@"`), so the
+    /// shell's pid becomes the proxy's.
+    pub async fn start_under_shell(script: &str, config: &Config) -> Sidecar {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg(bin());
+        Sidecar::start_with(cmd, config).await
+    }
+
+    /// [`Sidecar::start`] with `cmd` as the command that runs the binary (its arguments follow).
+    async fn start_with(mut cmd: Command, config: &Config) -> Sidecar {
         let dir = TempDir::new();
         let addr = free_addr();
         let admin_addr = free_addr();
@@ -51,7 +65,6 @@ impl Sidecar {
         let config_path = dir.write("sessiongate.toml", &toml);
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
-        let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)

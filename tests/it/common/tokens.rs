@@ -105,6 +105,19 @@ pub fn mint_rs256(claims: &Value) -> String {
     mint_rs256_with("rsa_private.pem", None, claims)
 }
 
+/// HS256 with the test [`SECRET`] over `payload` exactly as written (JSON text, not a serde
+/// value, which would already round numbers beyond 64 bits), built by hand.
+pub fn mint_raw(payload: &str) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64url(payload.as_bytes())
+    );
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64url(tag.as_ref()))
+}
+
 /// `{"alg":"none"}` with an empty signature, built by hand.
 pub fn alg_none_token(claims: &Value) -> String {
     let header = b64url(br#"{"alg":"none","typ":"JWT"}"#);
