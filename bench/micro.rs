@@ -154,15 +154,19 @@ fn header_rewrite(c: &mut Criterion) {
         req.append_header(k.to_string(), v).expect("header");
     }
 
+    let client = headers::Client {
+        peer: "127.0.0.1".parse().ok(),
+        trusted: false,
+        tls: false,
+    };
     let mut g = c.benchmark_group("headers");
     g.bench_function("upstream_rewrite_tenant", |b| {
         b.iter_batched(
             || req.clone(),
             |mut r| {
-                headers::strip_inbound(&mut r, &names);
+                headers::strip_inbound(&mut r, &names, false);
                 sessiongate::token::cookie::remove_session_cookie(&mut r, "nix_session", None);
-                headers::set_forwarded(&mut r, Some("127.0.0.1".to_string()), "cafe.bench.test")
-                    .ok();
+                headers::set_forwarded(&mut r, &client, "cafe.bench.test").ok();
                 headers::inject(&mut r, &names, &identity, false).ok();
                 r
             },

@@ -10,6 +10,7 @@ use crate::token::Identity;
 use crate::token::cookie::remove_session_cookie;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
 
 /// The names injected for one `[headers] prefix`, built once per config.
 #[derive(Debug, Clone)]
@@ -55,21 +56,15 @@ fn fold(s: &str) -> String {
     s.bytes().map(|b| fold_byte(b) as char).collect()
 }
 
-/// Headers the proxy sets from its own view; client copies never pass.
-const FORWARDING: [&str; 4] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-];
+/// The forwarding headers: set from the proxy's own view, or, from a trusted peer (a load
+/// balancer in `listen.trusted_proxies`), kept (`X-Forwarded-For` gets the peer appended).
+const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
-/// Look-alikes of the forwarding headers that frameworks and proxies trust for the client's
-/// address, scheme, host, path or certificate (Rails, Django, PHP, Spring, Tomcat, Express,
-/// Traefik, Envoy, nginx-ingress, Cloudflare, Akamai...), and the identity headers other auth
-/// proxies set (oauth2-proxy, IAP, Cloudflare Access, ALB, Pomerium, Azure, Grafana's auth
-/// proxy), which an app moving to sessiongate may still trust. The proxy never sets them and never
-/// forwards a client's copy.
-const FORWARDING_LOOKALIKES: [&str; 58] = [
+/// Look-alikes of the forwarding headers for the client's address and scheme and its TLS client
+/// certificate, which frameworks trust (Rails, Django, PHP, Spring, Tomcat, Express, Envoy,
+/// nginx-ingress, Cloudflare, Akamai...). Never forwarded from a client; kept from a trusted
+/// peer, which is where they come from.
+const PEER_LOOKALIKES: [&str; 25] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
@@ -84,30 +79,40 @@ const FORWARDING_LOOKALIKES: [&str; 58] = [
     "x-cluster-client-ip",
     "cf-connecting-ip",
     "fastly-client-ip",
-    "x-forwarded",
-    "forwarded-for",
     "x-forwarded-port",
-    "x-forwarded-prefix",
     "x-forwarded-scheme",
-    "x-forwarded-server",
     "x-forwarded-ssl",
     "x-forwarded-protocol",
-    "x-forwarded-uri",
-    "x-forwarded-path",
-    "x-forwarded-method",
-    "x-forwarded-by",
     "x-scheme",
-    "x-original-host",
-    "x-host",
-    "x-original-uri",
     "x-url-scheme",
     "front-end-https",
-    "x-envoy-original-path",
-    "x-original-forwarded-for",
     "x-forwarded-client-cert",
     "x-forwarded-tls-client-cert",
     "x-ssl-client-cert",
     "ssl-client-cert",
+];
+
+/// Never forwarded, whoever sends them: `Forwarded` (the proxy speaks `X-Forwarded-*`), the
+/// look-alikes that name another host or path than the request line (a deny rule judges the
+/// request line), the rest of the client-certificate family, and the identity headers other auth
+/// proxies set (oauth2-proxy, IAP, Cloudflare Access, ALB, Pomerium, Azure, Grafana's auth
+/// proxy), which an app moving to sessiongate may still trust: identity comes only from the
+/// session cookie.
+const ALWAYS_STRIPPED: [&str; 31] = [
+    "forwarded",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-method",
+    "x-forwarded-by",
+    "x-original-host",
+    "x-host",
+    "x-original-uri",
+    "x-envoy-original-path",
     "ssl-client-subject-dn",
     "ssl-client-verify",
     "x-forwarded-user",
@@ -124,24 +129,69 @@ const FORWARDING_LOOKALIKES: [&str; 58] = [
     "cf-access-authenticated-user-email",
     "cf-access-jwt-assertion",
     "x-amzn-oidc-identity",
-    "x-amzn-oidc-data",
-    "x-amzn-oidc-accesstoken",
     "x-pomerium-jwt-assertion",
-    "x-ms-client-principal-name",
 ];
 
-/// Prefixes of look-alike families (Azure's `X-MS-CLIENT-PRINCIPAL*`).
-const FORWARDING_LOOKALIKE_PREFIXES: [&str; 1] = ["x-ms-client-principal"];
+/// Prefixes of always-stripped families (Azure's `X-MS-CLIENT-PRINCIPAL*`, ALB's
+/// `X-Amzn-Oidc-*`).
+const ALWAYS_STRIPPED_PREFIXES: [&str; 2] = ["x-ms-client-principal", "x-amzn-oidc-"];
 
-/// `_` read as `-` here too: Rack and WSGI apps see `X_Forwarded_Host` as `X-Forwarded-Host`.
-fn is_forwarding(name: &str) -> bool {
-    FORWARDING
+fn starts_folded(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.is_char_boundary(prefix.len())
+        && folded_eq(&name[..prefix.len()], prefix)
+}
+
+/// Is this a header no client may send? `_` read as `-` here too: Rack and WSGI apps see
+/// `X_Forwarded_Host` as `X-Forwarded-Host`. From a trusted peer, the forwarding headers and
+/// their address and scheme look-alikes pass.
+fn is_forwarding(name: &str, trusted: bool) -> bool {
+    let peer_family = FORWARDING
         .iter()
-        .chain(FORWARDING_LOOKALIKES.iter())
-        .any(|f| folded_eq(name, f))
-        || FORWARDING_LOOKALIKE_PREFIXES
+        .chain(PEER_LOOKALIKES.iter())
+        .any(|f| folded_eq(name, f));
+    (peer_family && !trusted)
+        || ALWAYS_STRIPPED.iter().any(|f| folded_eq(name, f))
+        || ALWAYS_STRIPPED_PREFIXES
             .iter()
-            .any(|p| name.len() >= p.len() && folded_eq(&name[..p.len()], p))
+            .any(|p| starts_folded(name, p))
+}
+
+/// Who sent a request, as far as the proxy can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// The peer is in `listen.trusted_proxies`: its forwarding headers are believed.
+    pub trusted: bool,
+    /// The connection to the proxy is TLS.
+    pub tls: bool,
+}
+
+impl Client {
+    /// The proxy's own view of the scheme.
+    pub fn own_scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The scheme the client used (for redirects and the login URL): a trusted peer's
+    /// `X-Forwarded-Proto` when it sent one, else the proxy's own view.
+    pub fn scheme(&self, req: &RequestHeader) -> &'static str {
+        if !self.trusted {
+            return self.own_scheme();
+        }
+        let first = req
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        match first.as_deref() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => self.own_scheme(),
+        }
+    }
 }
 
 /// The tokens of every `Connection` header, lower-cased (a header that is not ASCII is read
@@ -177,13 +227,15 @@ pub fn connection_names_framing(req: &RequestHeader) -> bool {
 /// drops the headers a client lists there from the upstream request, which would remove what
 /// we inject). Other headers a client lists as hop-by-hop are removed here, as `Connection`
 /// asks; framing headers never are (`connection_names_framing` refuses such requests first).
-pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
+pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders, trusted: bool) {
     let doomed: Vec<String> = req
         .headers
         .keys()
         .map(|k| k.as_str())
         .filter(|k| {
-            names.in_family(k) || is_forwarding(k) || URL_OVERRIDES.iter().any(|u| folded_eq(k, u))
+            names.in_family(k)
+                || is_forwarding(k, trusted)
+                || URL_OVERRIDES.iter().any(|u| folded_eq(k, u))
         })
         .map(str::to_string)
         .collect();
@@ -197,7 +249,8 @@ pub fn strip_inbound(req: &mut RequestHeader, names: &IdentityHeaders) {
     for token in connection_tokens(req) {
         match token.as_str() {
             "close" | "keep-alive" | "upgrade" | "te" => keep.push(token),
-            t if names.in_family(t) || is_forwarding(t) => {}
+            // Named as hop-by-hop, a forwarding header would be dropped after we set it.
+            t if names.in_family(t) || is_forwarding(t, false) => {}
             t if FRAMING.iter().any(|f| folded_eq(t, f)) => {}
             t => {
                 req.remove_header(t);
@@ -261,7 +314,7 @@ pub struct Forward<'a> {
     pub authority: &'a str,
     /// Normalized host (`X-Forwarded-Host`).
     pub host: &'a str,
-    pub peer_ip: Option<String>,
+    pub client: &'a Client,
     pub cookie_name: &'a str,
     /// The verified token to leave in `Cookie` (a `forward_session_cookie` site with a session).
     pub keep_cookie: Option<&'a str>,
@@ -290,23 +343,46 @@ pub fn prepare_upstream(up: &mut RequestHeader, f: &Forward<'_>) -> pingora::Res
         up.insert_header("host", f.authority)?;
     }
     remove_session_cookie(up, f.cookie_name, f.keep_cookie);
-    set_forwarded(up, f.peer_ip.clone(), f.host)?;
+    set_forwarded(up, f.client, f.host)?;
     if let Some(id) = f.identity {
         inject(up, f.names, id, f.impersonating)?;
     }
     Ok(())
 }
 
-/// `X-Forwarded-*` from the proxy's own view.
-pub fn set_forwarded(
-    req: &mut RequestHeader,
-    peer_ip: Option<String>,
-    host: &str,
-) -> pingora::Result<()> {
-    if let Some(ip) = peer_ip {
-        req.insert_header("x-forwarded-for", ip)?;
+/// `X-Forwarded-*`: from a trusted peer, `-For` gets the peer appended to what it sent and
+/// `-Proto`/`-Host` are kept when present; from any other peer, all three are the proxy's own
+/// view (its scheme, the request's host, the peer's address).
+pub fn set_forwarded(req: &mut RequestHeader, client: &Client, host: &str) -> pingora::Result<()> {
+    let peer = client.peer.map(|ip| ip.to_string());
+    if client.trusted {
+        let sent: Vec<String> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let chain = sent.into_iter().chain(peer).collect::<Vec<_>>().join(", ");
+        req.remove_header("x-forwarded-for");
+        if !chain.is_empty() {
+            req.insert_header("x-forwarded-for", chain)?;
+        }
+        if !req.headers.contains_key("x-forwarded-proto") {
+            req.insert_header("x-forwarded-proto", client.own_scheme())?;
+        }
+        if !req.headers.contains_key("x-forwarded-host") {
+            req.insert_header("x-forwarded-host", host)?;
+        }
+        return Ok(());
     }
-    req.insert_header("x-forwarded-proto", "http")?;
+    match peer {
+        Some(ip) => req.insert_header("x-forwarded-for", ip)?,
+        None => {
+            req.remove_header("x-forwarded-for");
+        }
+    }
+    req.insert_header("x-forwarded-proto", client.own_scheme())?;
     req.insert_header("x-forwarded-host", host)?;
     Ok(())
 }
@@ -437,7 +513,7 @@ mod tests {
                 "keep-alive, X-Auth-User-Id, x-forwarded-for, X-Hop",
             ),
         ]);
-        strip_inbound(&mut r, &names);
+        strip_inbound(&mut r, &names, false);
         let left: Vec<_> = r.headers.keys().map(|k| k.as_str().to_string()).collect();
         assert_eq!(left, vec!["x-other", "connection"]);
         assert_eq!(
@@ -461,7 +537,7 @@ mod tests {
         assert!(!connection_names_framing(&ok));
         let names = IdentityHeaders::new("X-Auth-");
         let mut r = req(&[("Content-Length", "5"), ("Connection", "content-length")]);
-        strip_inbound(&mut r, &names);
+        strip_inbound(&mut r, &names, false);
         assert_eq!(
             r.headers.get("content-length").map(|v| v.as_bytes()),
             Some(&b"5"[..])
@@ -481,7 +557,7 @@ mod tests {
             ("Front-End-Https", "on"),
             ("X-Keep", "1"),
         ]);
-        strip_inbound(&mut r, &names);
+        strip_inbound(&mut r, &names, false);
         let left: Vec<_> = r.headers.keys().map(|k| k.as_str().to_string()).collect();
         assert_eq!(left, vec!["x-keep"]);
     }
@@ -503,6 +579,56 @@ mod tests {
         let mut left: Vec<_> = r.headers.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["cache-control", "vary"]);
+    }
+
+    #[test]
+    fn a_trusted_peer_keeps_its_forwarding_headers_and_others_get_the_proxys_view() {
+        let names = IdentityHeaders::new("X-Auth-");
+        let sent = [
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "cafe.example"),
+            ("X-Real-IP", "203.0.113.7"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Forwarded-User", "admin"),
+        ];
+        let lb: IpAddr = "10.0.0.5".parse().expect("ip");
+        let trusted = Client {
+            peer: Some(lb),
+            trusted: true,
+            tls: false,
+        };
+        let mut r = req(&sent);
+        strip_inbound(&mut r, &names, true);
+        assert_eq!(trusted.scheme(&r), "https");
+        set_forwarded(&mut r, &trusted, "cafe.example").expect("set");
+        let h = |r: &RequestHeader, n: &str| {
+            r.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            h(&r, "x-forwarded-for").as_deref(),
+            Some("203.0.113.7, 10.0.0.5")
+        );
+        assert_eq!(h(&r, "x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(h(&r, "x-real-ip").as_deref(), Some("203.0.113.7"));
+        assert_eq!(h(&r, "forwarded"), None);
+        assert_eq!(h(&r, "x-forwarded-user"), None);
+
+        let untrusted = Client {
+            peer: Some(lb),
+            trusted: false,
+            tls: true,
+        };
+        let mut r = req(&sent);
+        strip_inbound(&mut r, &names, false);
+        assert_eq!(untrusted.scheme(&r), "https", "the TLS listener's own view");
+        set_forwarded(&mut r, &untrusted, "cafe.example").expect("set");
+        assert_eq!(h(&r, "x-forwarded-for").as_deref(), Some("10.0.0.5"));
+        assert_eq!(h(&r, "x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(h(&r, "x-real-ip"), None);
     }
 
     #[test]

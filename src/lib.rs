@@ -29,9 +29,10 @@ pub mod state;
 pub mod sync;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod token;
+pub mod watch;
 
-use banner::NoRandomness;
 use config::Config;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::L4BufferSettings;
@@ -45,10 +46,22 @@ use std::sync::Arc;
 /// Bytes of write buffer per client connection (allocated for the connection's life).
 pub const DOWNSTREAM_WRITE_BUFFER: usize = 8 * 1024;
 
-/// Builds the Pingora server for a validated config: the public proxy (HTTP/1.1 and h2c), the
-/// admin listener, and the lifecycle service (audit writer, reload, graceful stop). Fails only
-/// when the system has no randomness for the process's keys.
-pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoRandomness> {
+/// Why the server cannot be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    NoRandomness(#[from] banner::NoRandomness),
+    #[error("the TLS listener cannot be set up: {0}")]
+    Tls(String),
+}
+
+/// Builds the Pingora server for a validated config: the public proxy (HTTP/1.1 and h2c on the
+/// plain listener, HTTP/1.1 and h2 by ALPN on the TLS one), the admin listener, and the
+/// lifecycle service (audit writer, reload, graceful stop).
+pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, BuildError> {
+    // One process-wide rustls crypto provider (aws-lc-rs, which the rest already uses), for the
+    // clients that do not pick one themselves (Redis over TLS). Already set is fine.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let conf = ServerConf {
         threads,
@@ -63,7 +76,8 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoR
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let listen = config.listen.to_string();
+    let listen = config.listen.map(|a| a.to_string());
+    let tls_listen = config.tls.as_ref().map(|t| t.addr.to_string());
     let admin = config.admin.addr.to_string();
     let header_timeout = config.header_timeout;
     let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
@@ -94,10 +108,19 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoR
     );
     // A write buffer that holds a response head and a typical compressed page, so that head and
     // body leave in one send instead of two (Pingora's default is one MSS, 1460 bytes).
-    proxy.add_listener(
-        ListenerConfig::tcp(listen.as_str())
-            .l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER)),
-    );
+    let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+    if let Some(addr) = &listen {
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+    }
+    if let Some(addr) = &tls_listen {
+        let settings = tls::listener_settings(shared.certs.clone())
+            .map_err(|e| BuildError::Tls(e.to_string()))?;
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.as_str())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
+    }
 
     let mut admin_service = Service::new(
         "sessiongate admin".to_string(),
@@ -119,7 +142,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, NoR
 }
 
 /// Runs until SIGTERM or SIGINT (both graceful).
-pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), NoRandomness> {
+pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), BuildError> {
     let server = build(config, config_path)?;
     server.run(RunArgs {
         shutdown_signal: Box::new(lifecycle::Signals),

@@ -1,6 +1,7 @@
 //! Signals and the process's life: SIGTERM/SIGINT stop gracefully (the listeners close,
 //! in-flight requests finish within the grace period, the audit queue is flushed, then the
-//! process exits); SIGHUP re-reads the config and swaps it in atomically.
+//! process exits); SIGHUP, or a change to a file the config names, re-reads the config and swaps
+//! it in atomically.
 
 use crate::audit::AuditWriter;
 use crate::config::Config;
@@ -8,7 +9,7 @@ use crate::state::Shared;
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -57,53 +58,90 @@ impl Lifecycle {
         }
     }
 
+    /// Reloads on SIGHUP and whenever a file the config names changes (the config itself, the
+    /// TLS certificates and keys), debounced: an editor's or cert-manager's burst of writes,
+    /// renames and symlink swaps is one reload.
     async fn reload_loop(&self) {
         let Some(path) = self.config_path.clone() else {
             return std::future::pending().await;
         };
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot listen for SIGHUP; reload is off");
-            return std::future::pending().await;
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on signal is off");
+                None
+            }
         };
-        while hup.recv().await.is_some() {
-            let p = path.clone();
-            let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
-            let result = match loaded {
-                Ok(Ok(config)) => {
-                    let old = self.shared.snapshot();
-                    if config.listen != old.config.listen
-                        || config.admin.addr != old.config.admin.addr
-                    {
-                        tracing::error!(
-                            "reload refused: listen.addr and admin.addr cannot change without a restart"
-                        );
-                        "error"
-                    } else {
-                        if config.header_timeout != old.config.header_timeout {
-                            // It is built into the listener's HTTP options at start.
-                            tracing::warn!(
-                                "listen.header_timeout changed: it takes effect at the next restart"
-                            );
-                        }
-                        self.shared.replace(config);
-                        tracing::info!("config reloaded");
-                        "ok"
+        let mut watch = crate::watch::Watcher::new();
+        watch.set(&self.watched(&path));
+        loop {
+            tokio::select! {
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
                     }
-                }
-                Ok(Err(errors)) => {
-                    tracing::error!("reload refused, the old config keeps serving:\n{errors}");
-                    "error"
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reload failed");
-                    "error"
-                }
-            };
-            crate::metrics::METRICS
-                .config_reloads
-                .with_label_values(&[result])
-                .inc();
+                } => tracing::info!("SIGHUP: reloading"),
+                () = watch.changed() => tracing::info!("a watched file changed: reloading"),
+            }
+            self.reload(&path).await;
+            watch.set(&self.watched(&path));
         }
+    }
+
+    /// The files whose change reloads the config.
+    fn watched(&self, config: &Path) -> Vec<PathBuf> {
+        let snap = self.shared.snapshot();
+        let mut files = vec![config.to_path_buf()];
+        if let Some(tls) = &snap.config.tls {
+            for (cert, key) in &tls.files {
+                files.push(cert.clone());
+                files.push(key.clone());
+            }
+        }
+        files
+    }
+
+    async fn reload(&self, path: &Path) {
+        let p = path.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+        let result = match loaded {
+            Ok(Ok(config)) => {
+                let old = self.shared.snapshot();
+                let tls_addr = |c: &Config| c.tls.as_ref().map(|t| t.addr);
+                if config.listen != old.config.listen
+                    || tls_addr(&config) != tls_addr(&old.config)
+                    || config.admin.addr != old.config.admin.addr
+                {
+                    tracing::error!(
+                        "reload refused: listen.addr, listen.tls.addr and admin.addr cannot change without a restart"
+                    );
+                    "error"
+                } else {
+                    if config.header_timeout != old.config.header_timeout {
+                        // It is built into the listener's HTTP options at start.
+                        tracing::warn!(
+                            "listen.header_timeout changed: it takes effect at the next restart"
+                        );
+                    }
+                    self.shared.replace(config);
+                    tracing::info!("config reloaded");
+                    "ok"
+                }
+            }
+            Ok(Err(errors)) => {
+                tracing::error!("reload refused, the old config keeps serving:\n{errors}");
+                "error"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed");
+                "error"
+            }
+        };
+        crate::metrics::METRICS
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
     }
 }
 

@@ -1,8 +1,8 @@
 //! Prometheus metrics, all named `sessiongate_*`, in one registry that outlives config reloads.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub banners_spliced: IntCounter,
     pub banner_skipped: IntCounterVec,
     pub redis_connected: IntGauge,
+    pub tls_certificate_expiry: IntGaugeVec,
     pub redis_disconnects: IntCounter,
     pub redis_revocations_published: IntCounter,
     pub redis_revocations_received: IntCounter,
@@ -178,6 +179,18 @@ impl Metrics {
                 "Impersonated responses without a banner, by reason",
                 &["reason"],
             ),
+            tls_certificate_expiry: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "sessiongate_tls_certificate_expiry_seconds",
+                        "When each certificate of the TLS listener expires (Unix seconds), by its first name",
+                    ),
+                    &["name"],
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
             redis_connected: gauge(
                 &registry,
                 "sessiongate_redis_connected",

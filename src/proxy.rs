@@ -5,13 +5,14 @@
 use crate::banner::{self, Page, rewrite::BannerStream};
 use crate::config::SiteConfig;
 use crate::endpoints;
-use crate::headers::{self, Forward};
+use crate::headers::{self, Client, Forward};
 use crate::liveness::{self, Admission, SocketGuard};
 use crate::metrics::METRICS;
 use crate::policy;
 use crate::response::{LocalResponse, Refusal, html_requested};
 use crate::site::{self, RequestHost};
 use crate::state::{InflightGuard, Shared, Snapshot};
+use crate::tls;
 use crate::token::{self, Session as TokenSession};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +32,10 @@ pub struct Ctx {
     /// The config this request runs on, whatever reloads meanwhile.
     snap: Arc<Snapshot>,
     host: RequestHost,
+    /// Who sent the request: its peer, whether that peer is trusted, whether it came over TLS.
+    client: Client,
+    /// The scheme the client used (step 10's effective scheme).
+    scheme: &'static str,
     site: Option<Arc<SiteConfig>>,
     session: Option<TokenSession>,
     /// The impersonation was found live: impersonation headers go up, `no-store` comes back,
@@ -66,19 +71,30 @@ enum Admitted {
 }
 
 fn peer_ip(session: &Session) -> Option<String> {
+    peer_addr(session).map(|ip| ip.to_string())
+}
+
+fn peer_addr(session: &Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip().to_canonical())
 }
 
 fn is_head(req: &RequestHeader) -> bool {
     req.method == http::Method::HEAD
 }
 
-/// The upstream of a site, as Pingora's peer.
+/// The upstream of a site, as Pingora's peer: TLS with SNI and verification for `https://`.
 fn upstream_peer_of(site: &SiteConfig) -> HttpPeer {
-    let mut peer = HttpPeer::new(site.upstream, false, String::new());
+    let tls = site.upstream.tls.as_ref();
+    let sni = tls.map_or_else(String::new, |t| t.sni.clone());
+    let mut peer = HttpPeer::new(site.upstream.addr, tls.is_some(), sni);
+    if let Some(t) = tls {
+        peer.options.ca = t.roots.clone();
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+    }
     peer.options.connection_timeout = Some(site.connect_timeout);
     peer.options.total_connection_timeout = Some(site.connect_timeout);
     peer.options.read_timeout = Some(site.read_timeout);
@@ -97,6 +113,21 @@ impl Proxy {
         };
         headers::check_framing(session.req_header(), raw_head.as_deref())?;
         ctx.host = site::request_host(session.req_header())?;
+        let served = tls::served_names(session);
+        // On the TLS listener, a host the connection's certificate does not cover was meant for
+        // another server (a reused connection, a client that ignores SNI).
+        if served
+            .as_ref()
+            .is_some_and(|names| !tls::covers(names, &ctx.host.host))
+        {
+            return Err(Refusal::misdirected());
+        }
+        let peer = peer_addr(session);
+        ctx.client = Client {
+            peer,
+            trusted: peer.is_some_and(|p| snap.config.trusts(p)),
+            tls: served.is_some(),
+        };
         ctx.site = snap.router.route(&ctx.host.host).cloned();
         let req = session.req_header();
         let path = policy::canonical_path(req.uri.path_and_query().map_or("/", |pq| pq.as_str()));
@@ -112,7 +143,8 @@ impl Proxy {
             return endpoints::reserved(r, session).await.map(Admitted::Answer);
         }
         let site = ctx.site.clone().ok_or_else(Refusal::misdirected)?;
-        headers::strip_inbound(session.req_header_mut(), &snap.names);
+        headers::strip_inbound(session.req_header_mut(), &snap.names, ctx.client.trusted);
+        ctx.scheme = ctx.client.scheme(session.req_header());
         if policy::is_public(&site.policy, &path) {
             ctx.outcome = "public";
             return Ok(Admitted::Proxy);
@@ -147,8 +179,12 @@ impl Proxy {
         }
         let req = session.req_header();
         if ctx.session.is_none()
-            && let Some(r) =
-                policy::unauthenticated_refusal(&site.unauthenticated, req, &ctx.host.host, "http")
+            && let Some(r) = policy::unauthenticated_refusal(
+                &site.unauthenticated,
+                req,
+                &ctx.host.host,
+                ctx.scheme,
+            )
         {
             return Err(r);
         }
@@ -190,6 +226,8 @@ impl ProxyHttp for Proxy {
                 authority: String::new(),
                 host: String::new(),
             },
+            client: Client::default(),
+            scheme: "http",
             site: None,
             session: None,
             impersonating: false,
@@ -230,7 +268,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -238,7 +276,7 @@ impl ProxyHttp for Proxy {
         let forward = Forward {
             authority: &ctx.host.authority,
             host: &ctx.host.host,
-            peer_ip: peer_ip(session),
+            client: &ctx.client,
             cookie_name: &ctx.snap.config.token.cookie,
             keep_cookie: ctx
                 .session
@@ -280,6 +318,7 @@ impl ProxyHttp for Proxy {
             enabled: ctx.site.as_ref().is_some_and(|s| s.banner),
             identity: &s.identity,
             authority: &ctx.host.authority,
+            scheme: ctx.scheme,
             csrf: &ctx.snap.csrf,
             assets_version: &ctx.snap.assets.version,
         };

@@ -9,6 +9,7 @@ use crate::fanout::Fanout;
 use crate::headers::IdentityHeaders;
 use crate::liveness::LivenessChecker;
 use crate::site::Router;
+use crate::tls::CertStore;
 use crate::token::Verifier;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub liveness: Arc<LivenessChecker>,
     /// The Redis revocation fan-out, when `liveness.redis_url_env` is set (read at start).
     pub fanout: Option<Arc<Fanout>>,
+    /// The TLS listener's certificates (empty without one), swapped on reload.
+    pub certs: Arc<CertStore>,
     process_key: Vec<u8>,
     inflight: AtomicUsize,
 }
@@ -73,8 +76,16 @@ impl Shared {
         if let Some(f) = &fanout {
             liveness.send_ends_to(f.outbox());
         }
+        let certs = Arc::new(CertStore::new(
+            config
+                .tls
+                .as_ref()
+                .map(|t| t.certs.clone())
+                .unwrap_or_default(),
+        ));
         Ok(Shared {
             fanout,
+            certs,
             current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
             process_key,
             auditor,
@@ -88,6 +99,9 @@ impl Shared {
     }
 
     pub fn replace(&self, config: Config) {
+        if let Some(tls) = &config.tls {
+            self.certs.replace(tls.certs.clone());
+        }
         self.current
             .store(Arc::new(Snapshot::new(config, &self.process_key)));
     }

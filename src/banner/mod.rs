@@ -111,6 +111,8 @@ pub struct Page<'a> {
     pub identity: &'a Identity,
     /// The request's host as sent (host[:port]): the origin of the banner's own URLs.
     pub authority: &'a str,
+    /// The scheme the client used, when the proxy knows it for certain (`https`).
+    pub scheme: &'a str,
     pub csrf: &'a CsrfKey,
     pub assets_version: &'a str,
 }
@@ -148,7 +150,14 @@ pub fn start(
         reason: imp.reason.clone(),
         expires: id.exp,
         csrf: page.csrf.token(&imp.sid),
-        origin: format!("//{}", page.authority),
+        // `https://` when the client's scheme is known to be it; otherwise a network-path
+        // reference, which keeps the page's scheme (behind a terminator not listed as trusted,
+        // an `http://` URL would be mixed content on an https page).
+        origin: if page.scheme == "https" {
+            format!("https://{}", page.authority)
+        } else {
+            format!("//{}", page.authority)
+        },
     };
     let version = page.assets_version.to_string();
     let splice = Splice {

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
             init_logging();
             match Config::load(&path) {
                 Ok(config) => {
-                    tracing::info!(listen = %config.listen, admin = %config.admin.addr, sites = config.sites.len(), "starting");
+                    tracing::info!(listen = ?config.listen, tls = ?config.tls.as_ref().map(|t| t.addr), admin = %config.admin.addr, sites = config.sites.len(), "starting");
                     match sessiongate::run(config, Some(path)) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => {

@@ -29,7 +29,12 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The plain (HTTP/1.1 and h2c) listener, when there is one.
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener (`[listen.tls]`), when there is one.
+    pub tls: Option<TlsListener>,
+    /// Peers whose forwarding headers are believed (`listen.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub grace_period: Duration,
     /// A new connection that has not shown what it speaks by then is answered 408 or closed.
     pub header_timeout: Duration,
@@ -45,6 +50,31 @@ pub struct Config {
     pub audit_queue: usize,
     /// Shared handles: a request keeps the site it was routed to, whatever reloads meanwhile.
     pub sites: Vec<Arc<SiteConfig>>,
+}
+
+/// `[listen.tls]`: its address, the certificate files, and the certificates they held at load.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    /// (cert_file, key_file) pairs, in config order.
+    pub files: Vec<(PathBuf, PathBuf)>,
+    pub certs: Arc<crate::tls::CertSet>,
+}
+
+/// Where a site's app is.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// `https://` upstreams: TLS with SNI and verification.
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Sent in SNI and verified against the certificate.
+    pub sni: String,
+    /// `upstream_ca_file`'s roots; `None`: the system's.
+    pub roots: Option<crate::tls::Roots>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,7 +163,7 @@ pub struct SiteConfig {
     /// The `host` value as written, used as the `site` label in metrics and audit events.
     pub name: String,
     pub host: HostPattern,
-    pub upstream: SocketAddr,
+    pub upstream: Upstream,
     pub tenant_from_host: Option<TenantPattern>,
     pub unauthenticated: Unauthenticated,
     /// Public paths and deny-while-impersonating rules.
@@ -202,6 +232,12 @@ impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String
 }
 
 impl Config {
+    /// Is this peer a trusted proxy (its forwarding headers believed)?
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
     /// How long an ended sid is remembered when no token of it is known here (an admin revoke,
     /// a message from another replica without `until`): the revocation retention, and never less
     /// than `ended_ttl`.

@@ -22,7 +22,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawListen {
-    pub addr: String,
+    /// The plain (HTTP/1.1 and h2c) listener: `0.0.0.0:8080` unless only `[listen.tls]` is set.
+    pub addr: Option<String>,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
@@ -32,15 +33,37 @@ pub struct RawListen {
     pub header_timeout: Duration,
     /// Open client connections allowed on the public listener, per process.
     pub max_connections: usize,
+    /// CIDRs (or addresses) of the load balancers in front, whose forwarding headers are kept.
+    pub trusted_proxies: Vec<String>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[listen.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub addr: String,
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// `[[listen.tls.certificates]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 impl Default for RawListen {
     fn default() -> Self {
         RawListen {
-            addr: "0.0.0.0:8080".into(),
+            addr: None,
             grace_period: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -220,6 +243,10 @@ pub struct RawSite {
     /// Required: an empty value is reported by the validator, with the key's position.
     pub host: String,
     pub upstream: String,
+    /// For an `https://` upstream: trust these roots instead of the system's.
+    pub upstream_ca_file: Option<String>,
+    /// For an `https://` upstream: the name sent in SNI and verified (default: its host).
+    pub upstream_sni: Option<String>,
     pub tenant_from_host: Option<String>,
     pub unauthenticated: RawUnauthenticated,
     pub login_url: Option<String>,
@@ -239,6 +266,8 @@ impl Default for RawSite {
         RawSite {
             host: String::new(),
             upstream: String::new(),
+            upstream_ca_file: None,
+            upstream_sni: None,
             tenant_from_host: None,
             unauthenticated: RawUnauthenticated::Pass,
             login_url: None,

@@ -4,7 +4,7 @@
 use super::raw::{self, RawConfig, RawSite, RawUnauthenticated};
 use super::{
     AdminConfig, AuditSink, BannerConfig, ClaimPaths, Config, ConfigError, Env, KeySource,
-    LivenessConfig, Secret, SiteConfig, TokenConfig,
+    LivenessConfig, Secret, SiteConfig, TlsListener, TokenConfig, Upstream, UpstreamTls,
 };
 use crate::policy::{DenyRule, PathRule, SitePolicy, Unauthenticated};
 use crate::site::{HostPattern, TenantPattern, is_host_char};
@@ -94,17 +94,31 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Option<Config> {
-        let listen = self.socket_addr("listen.addr", &raw.listen.addr);
+    fn config(&mut self, mut raw: RawConfig) -> Option<Config> {
+        // Without [listen.tls], a plain listener is the default; with it, only if asked for.
+        let plain = match (&raw.listen.addr, &raw.listen.tls) {
+            (Some(a), _) => Some(a.clone()),
+            (None, None) => Some("0.0.0.0:8080".to_string()),
+            (None, Some(_)) => None,
+        };
+        let listen = plain.map(|a| self.socket_addr("listen.addr", &a));
+        let tls = raw.listen.tls.take().map(|t| self.tls_listener(t));
         let admin_addr = self.socket_addr("admin.addr", &raw.admin.addr);
-        if let (Some(l), Some(a)) = (listen, admin_addr)
-            && l == a
-        {
-            self.err(
-                "admin.addr",
-                "must differ from listen.addr (the admin endpoints are never public)",
-            );
+        for (key, addr) in [
+            ("listen.addr", listen.flatten()),
+            (
+                "listen.tls.addr",
+                tls.as_ref().and_then(|t| t.as_ref().map(|t| t.addr)),
+            ),
+        ] {
+            if addr.is_some() && addr == admin_addr {
+                self.err(
+                    "admin.addr",
+                    format!("must differ from {key} (the admin endpoints are never public)"),
+                );
+            }
         }
+        let trusted_proxies = self.trusted_proxies(&raw.listen.trusted_proxies);
         self.positive("listen.header_timeout", raw.listen.header_timeout);
         if raw.listen.max_connections == 0 {
             self.err("listen.max_connections", "must be at least 1");
@@ -149,7 +163,15 @@ impl Validator<'_> {
         }
 
         Some(Config {
-            listen: listen?,
+            listen: match listen {
+                Some(l) => Some(l?),
+                None => None,
+            },
+            tls: match tls {
+                Some(t) => Some(t?),
+                None => None,
+            },
+            trusted_proxies,
             grace_period: raw.listen.grace_period,
             header_timeout: raw.listen.header_timeout,
             max_connections: raw.listen.max_connections,
@@ -164,6 +186,115 @@ impl Validator<'_> {
             audit: audit?,
             audit_queue: raw.audit.queue,
             sites,
+        })
+    }
+
+    fn tls_listener(&mut self, t: raw::RawTls) -> Option<TlsListener> {
+        let addr = self.socket_addr("listen.tls.addr", &t.addr);
+        if t.certificates.is_empty() {
+            self.err(
+                "listen.tls",
+                "needs at least one [[listen.tls.certificates]] (cert_file, key_file)",
+            );
+        }
+        let mut files = Vec::new();
+        let mut certs = Vec::new();
+        for (i, c) in t.certificates.into_iter().enumerate() {
+            let (cert_file, key_file) = (PathBuf::from(&c.cert_file), PathBuf::from(&c.key_file));
+            match crate::tls::load_pair(&cert_file, &key_file) {
+                Ok(cert) => certs.push(cert),
+                Err(e) => {
+                    let which = if e.contains(&format!("\"{}\"", key_file.display())) {
+                        "key_file"
+                    } else {
+                        "cert_file"
+                    };
+                    self.err(format!("listen.tls.certificates[{i}].{which}"), e);
+                }
+            }
+            files.push((cert_file, key_file));
+        }
+        Some(TlsListener {
+            addr: addr?,
+            files,
+            certs: Arc::new(crate::tls::CertSet::new(certs)),
+        })
+    }
+
+    fn trusted_proxies(&mut self, raw: &[String]) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::new();
+        for (i, value) in raw.iter().enumerate() {
+            let net = value.parse::<ipnet::IpNet>().ok().or_else(|| {
+                value
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(ipnet::IpNet::from)
+            });
+            match net {
+                Some(n) => nets.push(n.trunc()),
+                None => self.err(
+                    format!("listen.trusted_proxies[{i}]"),
+                    format!(
+                        "\"{value}\" is not a CIDR (\"10.0.0.0/8\", \"fd00::/8\") or an address"
+                    ),
+                ),
+            }
+        }
+        nets
+    }
+
+    /// `host:port`, `http://host:port` (plain) or `https://host:port` (TLS, verified).
+    fn upstream(&mut self, i: usize, s: &RawSite) -> Option<Upstream> {
+        let p = |k: &str| format!("site[{i}].{k}");
+        if s.upstream.is_empty() {
+            self.err(p("upstream"), "is required: the app's host:port");
+            return None;
+        }
+        let (https, hostport) = match s.upstream.split_once("://") {
+            Some(("https", rest)) => (true, rest.trim_end_matches('/')),
+            Some(("http", rest)) => (false, rest.trim_end_matches('/')),
+            Some((scheme, _)) => {
+                self.err(
+                    p("upstream"),
+                    format!(
+                        "\"{scheme}://\" is not a scheme for an upstream (http:// or https://)"
+                    ),
+                );
+                return None;
+            }
+            None => (false, s.upstream.as_str()),
+        };
+        if !https && (s.upstream_ca_file.is_some() || s.upstream_sni.is_some()) {
+            let key = if s.upstream_ca_file.is_some() {
+                "upstream_ca_file"
+            } else {
+                "upstream_sni"
+            };
+            self.err(p(key), "only applies to an https:// upstream");
+        }
+        let addr = self.socket_addr(&p("upstream"), hostport)?;
+        if !https {
+            return Some(Upstream { addr, tls: None });
+        }
+        let host = hostport
+            .rsplit_once(':')
+            .map_or(hostport, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let sni = s.upstream_sni.clone().unwrap_or_else(|| host.to_string());
+        let roots = match &s.upstream_ca_file {
+            None => None,
+            Some(f) => match crate::tls::load_roots(std::path::Path::new(f)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.err(p("upstream_ca_file"), e);
+                    return None;
+                }
+            },
+        };
+        Some(Upstream {
+            addr,
+            tls: Some(UpstreamTls { sni, roots }),
         })
     }
 
@@ -450,12 +581,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let upstream = if s.upstream.is_empty() {
-            self.err(p("upstream"), "is required: the app's host:port");
-            None
-        } else {
-            self.socket_addr(&p("upstream"), &s.upstream)
-        };
+        let upstream = self.upstream(i, &s);
         let tenant_from_host = match s.tenant_from_host.as_deref().map(TenantPattern::parse) {
             None => None,
             Some(Ok(t)) => Some(t),

@@ -327,6 +327,14 @@ pub fn unauthenticated_refusal(
     }
 }
 
+/// What a query value keeps as it is (RFC 3986's unreserved characters); everything else is
+/// percent-encoded.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// The login URL with `{url}` = this request's URL on this site, percent-encoded. The path's
 /// leading slashes and backslashes collapse to one `/`, so the URL can never name another host.
 pub fn login_location(login_url: &str, scheme: &str, host: &str, req: &RequestHeader) -> String {
@@ -336,7 +344,7 @@ pub fn login_location(login_url: &str, scheme: &str, host: &str, req: &RequestHe
         .map_or("/", |pq| pq.as_str())
         .trim_start_matches(['/', '\\']);
     let url = format!("{scheme}://{host}/{target}");
-    let encoded = percent_encoding::utf8_percent_encode(&url, percent_encoding::NON_ALPHANUMERIC);
+    let encoded = percent_encoding::utf8_percent_encode(&url, QUERY_VALUE);
     login_url.replace("{url}", &encoded.to_string())
 }
 
@@ -359,14 +367,11 @@ mod tests {
         );
         assert_eq!(
             loc,
-            "https://id.example/login?return_to=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom%2Fx%3Fa%3D1"
+            "https://id.example/login?return_to=http%3A%2F%2Fcafe.example.com%2Fevil.com%2Fx%3Fa%3D1"
         );
         let r = req("/\\evil.com", &[]);
         let loc = login_location("/login?next={url}", "http", "cafe.example.com", &r);
-        assert_eq!(
-            loc,
-            "/login?next=http%3A%2F%2Fcafe%2Eexample%2Ecom%2Fevil%2Ecom"
-        );
+        assert_eq!(loc, "/login?next=http%3A%2F%2Fcafe.example.com%2Fevil.com");
     }
 
     #[test]

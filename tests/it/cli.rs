@@ -294,11 +294,11 @@ async fn run_with_a_bad_config_exits_2_and_does_not_listen() {
         ("token.secret_env", false, "", ""),
     ];
     for (key, with_secret, from, to) in cases {
-        let (listen, admin) = (free_addr(), free_addr());
+        let addrs = Addrs::fresh();
+        let (listen, admin) = (addrs.listen, addrs.admin);
         let toml = fill_placeholders(
             &good_config().toml(),
-            listen,
-            admin,
+            addrs,
             &dir.path().join("audit.jsonl"),
         )
         .replacen(from, to, if from.is_empty() { 0 } else { 1 });

@@ -20,4 +20,5 @@ mod ops;
 mod properties;
 mod scale;
 mod security;
+mod tls;
 mod websocket;

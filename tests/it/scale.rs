@@ -32,20 +32,40 @@ const PATIENCE: Duration = Duration::from_secs(30);
 // redis-server
 // ---------------------------------------------------------------------------
 
-/// A `redis-server` child on 127.0.0.1, no persistence; killed on drop.
+/// A `redis-server` child on 127.0.0.1, no persistence; killed on drop. With TLS, the replicas
+/// speak `rediss://` to its TLS port (a test certificate for 127.0.0.1, trusted through
+/// `SSL_CERT_FILE`), and the test's own commands use its plain port.
 struct Redis {
     port: u16,
+    tls: Option<RedisTls>,
     child: Option<Child>,
     log: std::path::PathBuf,
     _dir: TempDir,
 }
 
+struct RedisTls {
+    port: u16,
+    ca: TestCa,
+    leaf: Leaf,
+}
+
 impl Redis {
-    /// Starts it on a free loopback port and waits until it answers `PING`.
-    async fn start() -> Redis {
+    /// Starts it on a free loopback port (and, with `tls`, a TLS port too, as managed Redis
+    /// services require) and waits until it answers `PING`.
+    async fn start_with(tls: bool) -> Redis {
         let dir = TempDir::new();
+        let tls = tls.then(|| {
+            let ca = TestCa::new("redis");
+            let leaf = ca.leaf("redis", &["127.0.0.1", "localhost"]);
+            RedisTls {
+                port: free_port(),
+                ca,
+                leaf,
+            }
+        });
         let mut r = Redis {
             port: free_port(),
+            tls,
             child: None,
             log: dir.path().join("redis.log"),
             _dir: dir,
@@ -60,7 +80,10 @@ impl Redis {
 
     /// The value of `SG_REDIS_URL` for the replicas.
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some(t) => format!("rediss://127.0.0.1:{}", t.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// (Re)starts the server on `self.port` and waits (bounded) for `PONG`.
@@ -71,17 +94,33 @@ impl Redis {
             .append(true)
             .open(&self.log)
             .expect("redis log file");
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        if let Some(t) = &self.tls {
+            for (k, v) in [
+                ("--tls-port", t.port.to_string()),
+                ("--tls-cert-file", t.leaf.cert_file.display().to_string()),
+                ("--tls-key-file", t.leaf.key_file.display().to_string()),
+                ("--tls-ca-cert-file", t.ca.ca_file.display().to_string()),
+                ("--tls-auth-clients", "no".to_string()),
+            ] {
+                args.push(k.to_string());
+                args.push(v);
+            }
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -185,11 +224,15 @@ impl Drop for Redis {
 /// `n` replicas with their own ports, the same upstream, backend and Redis, and the same CSRF
 /// secret (an End form from one replica is good on all).
 async fn replicas(n: usize, backend: &Backend, up: &Upstream, redis: &Redis) -> Vec<Sidecar> {
-    let config = Config::new()
+    let mut config = Config::new()
         .admin_token()
         .liveness(Liveness::on(backend).cache_ttl("30s").redis(&redis.url()))
         .banner_csrf_secret()
         .site(Site::new(HOST, up.addr));
+    if let Some(t) = &redis.tls {
+        // The system's roots, as rustls reads them: here the test CA only.
+        config = config.with_env("SSL_CERT_FILE", &t.ca.ca_file.display().to_string());
+    }
     let mut v = Vec::new();
     for _ in 0..n {
         v.push(Sidecar::start(&config).await);
@@ -353,7 +396,16 @@ async fn metrics_of(scs: &[&Sidecar], name: &str) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_stop_honouring_an_ended_session_within_a_second() {
-    let redis = Redis::start().await;
+    three_replicas(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_stop_honouring_an_ended_session_within_a_second_over_tls_redis() {
+    three_replicas(true).await;
+}
+
+async fn three_replicas(tls: bool) {
+    let redis = Redis::start_with(tls).await;
     let backend = spawn_backend().await;
     let up = upstream().await;
     let scs = replicas(3, &backend, &up, &redis).await;
@@ -484,7 +536,16 @@ async fn three_replicas_stop_honouring_an_ended_session_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_falls_back_to_cache_ttl_and_the_reconnect_drops_old_live_answers() {
-    let mut redis = Redis::start().await;
+    redis_outage(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_outage_falls_back_to_cache_ttl_and_the_reconnect_drops_old_live_answers() {
+    redis_outage(true).await;
+}
+
+async fn redis_outage(tls: bool) {
+    let mut redis = Redis::start_with(tls).await;
     let backend = spawn_backend().await;
     let up = upstream().await;
     let scs = replicas(2, &backend, &up, &redis).await;

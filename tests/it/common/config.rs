@@ -219,6 +219,18 @@ impl Site {
         }
     }
 
+    /// `upstream` as written (`https://host:port`, `http://host:port`).
+    pub fn upstream(mut self, upstream: &str) -> Site {
+        self.lines[1] = quoted("upstream", upstream);
+        self
+    }
+
+    /// For an `https://` upstream: trust these roots, and verify this name.
+    pub fn upstream_tls(self, ca_file: &Path, sni: &str) -> Site {
+        self.line("upstream_ca_file", &ca_file.display().to_string())
+            .line("upstream_sni", sni)
+    }
+
     fn line(mut self, key: &str, value: &str) -> Site {
         self.lines.push(quoted(key, value));
         self
@@ -293,8 +305,10 @@ impl Site {
 /// A whole `sessiongate.toml`.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `[listen]` lines after `addr`.
+    /// More `key = value` lines for `[listen]`.
     listen: Vec<String>,
+    /// `[listen.tls]`: (cert_file, key_file) pairs.
+    tls: Vec<(String, String)>,
     admin: Vec<String>,
     token: Token,
     liveness: Option<Liveness>,
@@ -317,6 +331,7 @@ impl Config {
     pub fn new() -> Config {
         Config {
             listen: Vec::new(),
+            tls: Vec::new(),
             admin: Vec::new(),
             token: Token::hs256(),
             liveness: None,
@@ -343,6 +358,26 @@ impl Config {
 
     pub fn token(mut self, token: Token) -> Config {
         self.token = token;
+        self
+    }
+
+    /// Raw `key = value` lines for `[listen]`.
+    pub fn listen(mut self, lines: &str) -> Config {
+        self.listen.push(lines.to_string());
+        self
+    }
+
+    /// `listen.trusted_proxies`.
+    pub fn trusted_proxies(self, cidrs: &[&str]) -> Config {
+        self.listen(&format!("trusted_proxies = {}", list(cidrs)))
+    }
+
+    /// `[listen.tls]` on the sidecar's `tls_addr`, with these certificate and key files.
+    pub fn tls(mut self, pairs: &[(&Path, &Path)]) -> Config {
+        self.tls = pairs
+            .iter()
+            .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
+            .collect();
         self
     }
 
@@ -408,6 +443,16 @@ impl Config {
         for l in &self.listen {
             s.push_str(&format!("{l}\n"));
         }
+        if !self.tls.is_empty() {
+            s.push_str("\n[listen.tls]\naddr = \"@TLS@\"\n");
+            for (cert, key) in &self.tls {
+                s.push_str(&format!(
+                    "[[listen.tls.certificates]]\n{}\n{}\n",
+                    quoted("cert_file", cert),
+                    quoted("key_file", key)
+                ));
+            }
+        }
         s.push_str("\n[admin]\naddr = \"@ADMIN@\"\n");
         for l in &self.admin {
             s.push_str(&format!("{l}\n"));
@@ -437,15 +482,30 @@ impl Config {
     }
 }
 
-/// Fills the `@LISTEN@`, `@ADMIN@` and `@AUDIT@` placeholders.
-pub fn fill_placeholders(
-    toml: &str,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    audit: &Path,
-) -> String {
-    toml.replace("@LISTEN@", &listen.to_string())
-        .replace("@ADMIN@", &admin.to_string())
+/// The addresses a sidecar listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// `[listen.tls]`, when the config has one.
+    pub tls: SocketAddr,
+}
+
+impl Addrs {
+    pub fn fresh() -> Addrs {
+        Addrs {
+            listen: free_addr(),
+            admin: free_addr(),
+            tls: free_addr(),
+        }
+    }
+}
+
+/// Fills the `@LISTEN@`, `@TLS@`, `@ADMIN@` and `@AUDIT@` placeholders.
+pub fn fill_placeholders(toml: &str, addrs: Addrs, audit: &Path) -> String {
+    toml.replace("@LISTEN@", &addrs.listen.to_string())
+        .replace("@TLS@", &addrs.tls.to_string())
+        .replace("@ADMIN@", &addrs.admin.to_string())
         .replace("@AUDIT@", &audit.display().to_string())
 }
 
@@ -454,8 +514,7 @@ pub fn fill_placeholders(
 pub fn materialize(config: &Config, dir: &TempDir) -> String {
     fill_placeholders(
         &config.toml(),
-        free_addr(),
-        free_addr(),
+        Addrs::fresh(),
         &dir.path().join("audit.jsonl"),
     )
 }

@@ -10,7 +10,8 @@
 //! - `upstream`, `backend`, `ws`: the servers behind the proxy;
 //! - `page`: reading the banner out of a page, and the End form;
 //! - `tokens`: claims and signed tokens;
-//! - `browser`: chromedriver.
+//! - `browser`: chromedriver;
+//! - `pki`: test certificates (a test CA and the leaves it signs), made at run time.
 //!
 //! Everything here talks to 127.0.0.1 only.
 
@@ -19,6 +20,7 @@ mod browser;
 mod client;
 mod config;
 mod page;
+mod pki;
 mod raw;
 mod sidecar;
 mod tokens;
@@ -30,6 +32,7 @@ pub use browser::*;
 pub use client::*;
 pub use config::*;
 pub use page::*;
+pub use pki::*;
 pub use raw::*;
 pub use sidecar::*;
 pub use tokens::*;

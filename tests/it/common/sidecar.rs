@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use super::{
-    ADMIN_TOKEN, Config, HOSTS, Resp, SECRET_ENV, TempDir, fill_placeholders, free_addr,
-    plain_client, send,
+    ADMIN_TOKEN, Addrs, Config, HOSTS, Resp, SECRET_ENV, TempDir, fill_placeholders, plain_client,
+    send,
 };
 
 pub fn bin() -> &'static str {
@@ -32,6 +32,8 @@ pub struct Sidecar {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The TLS listener's address (listening only when the config has `[listen.tls]`).
+    pub tls_addr: SocketAddr,
     pub config_path: PathBuf,
     pub audit_path: PathBuf,
     pub stderr_path: PathBuf,
@@ -58,10 +60,10 @@ impl Sidecar {
     /// [`Sidecar::start`] with `cmd` as the command that runs the binary (its arguments follow).
     async fn start_with(mut cmd: Command, config: &Config) -> Sidecar {
         let dir = TempDir::new();
-        let addr = free_addr();
-        let admin_addr = free_addr();
+        let addrs = Addrs::fresh();
+        let (addr, admin_addr, tls_addr) = (addrs.listen, addrs.admin, addrs.tls);
         let audit_path = dir.path().join("audit.jsonl");
-        let toml = fill_placeholders(&config.toml(), addr, admin_addr, &audit_path);
+        let toml = fill_placeholders(&config.toml(), addrs, &audit_path);
         let config_path = dir.write("sessiongate.toml", &toml);
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
@@ -81,6 +83,7 @@ impl Sidecar {
             child: Some(child),
             addr,
             admin_addr,
+            tls_addr,
             config_path,
             audit_path,
             stderr_path,
@@ -122,7 +125,12 @@ impl Sidecar {
 
     /// `config` as this sidecar would read it: its addresses and audit file filled in.
     pub fn fill(&self, config: &Config) -> String {
-        fill_placeholders(&config.toml(), self.addr, self.admin_addr, &self.audit_path)
+        let addrs = Addrs {
+            listen: self.addr,
+            admin: self.admin_addr,
+            tls: self.tls_addr,
+        };
+        fill_placeholders(&config.toml(), addrs, &self.audit_path)
     }
 
     pub fn pid(&self) -> u32 {
