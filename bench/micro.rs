@@ -167,7 +167,7 @@ fn header_rewrite(c: &mut Criterion) {
                 headers::strip_inbound(&mut r, &names, false);
                 sessiongate::token::cookie::remove_session_cookie(&mut r, "nix_session", None);
                 headers::set_forwarded(&mut r, &client, "cafe.bench.test").ok();
-                headers::inject(&mut r, &names, &identity, false).ok();
+                headers::inject(&mut r, &names, &identity, None).ok();
                 r
             },
             BatchSize::SmallInput,

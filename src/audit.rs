@@ -49,6 +49,14 @@ pub struct AuditEvent {
     pub ended_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_duration_s: Option<u64>,
+    /// `session.revoked`: what was revoked (`jti`, `sid`, `sub`) and its value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `session.revoked` of a `sub`: tokens issued before this Unix time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
 
 impl AuditEvent {

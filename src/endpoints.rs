@@ -8,6 +8,7 @@ use crate::liveness::{self, Liveness};
 use crate::metrics::METRICS;
 use crate::policy::CanonicalPath;
 use crate::response::{LocalResponse, Refusal};
+use crate::revocation::{Kind, Revocation};
 use crate::site::RequestHost;
 use crate::state::{Shared, Snapshot};
 use crate::token;
@@ -46,8 +47,65 @@ pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> Result<LocalRes
     }
     match r.path.path.as_str() {
         p if p == csp::END_PATH => end_impersonation(&r, session).await,
+        BACKCHANNEL_LOGOUT_PATH => backchannel_logout(&r, session).await,
         _ => Err(Refusal::not_found()),
     }
+}
+
+pub const BACKCHANNEL_LOGOUT_PATH: &str = "/.sessiongate/backchannel-logout";
+
+/// `POST /.sessiongate/backchannel-logout` (OIDC Back-Channel Logout 1.0): the form field
+/// `logout_token`, verified, becomes a `sid` revocation (or, naming only `sub`, a "sign out
+/// everywhere" of that user). Served on any host: the provider calls whichever URL it was given.
+async fn backchannel_logout(
+    r: &Reserved<'_>,
+    session: &mut Session,
+) -> Result<LocalResponse, Refusal> {
+    let Some(verifier) = &r.snap.logout else {
+        return Err(Refusal::not_found());
+    };
+    if session.req_header().method != http::Method::POST {
+        return Err(Refusal::method_not_allowed("POST"));
+    }
+    let invalid = |message: &str| {
+        let body = serde_json::json!({ "error": "invalid_logout_token", "message": message });
+        Ok(LocalResponse::json(400, body.to_string()))
+    };
+    let Ok(body) = read_body(session).await else {
+        return invalid("the body is missing, unreadable or larger than 16 KiB");
+    };
+    let tokens: Vec<String> = form_urlencoded::parse(&body)
+        .filter(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let token = match tokens.as_slice() {
+        [one] => one,
+        [] => return invalid("the form has no logout_token field"),
+        _ => return invalid("the form has several logout_token fields"),
+    };
+    let logout = match verifier.verify(token).await {
+        Ok(l) => l,
+        Err(why) => {
+            tracing::info!(reason = %why, "back-channel logout token refused");
+            return invalid(&why);
+        }
+    };
+    if !r
+        .shared
+        .revocations
+        .first_use_of_logout(&logout.jti, logout.replayable_until)
+    {
+        return invalid("this logout token was already used (jti)");
+    }
+    let now = token::now();
+    let retention = r.snap.config.token.revocation_retention;
+    let revocation = match (logout.sid, logout.sub) {
+        (Some(sid), _) => Revocation::new(Kind::Sid, sid, None, now, retention),
+        (None, Some(sub)) => Revocation::new(Kind::Sub, sub, Some(now), now, retention),
+        (None, None) => return invalid("the token names neither sid nor sub"),
+    };
+    record_revocation(r.shared, revocation, "backchannel_logout");
+    Ok(LocalResponse::json(200, r#"{"revoked":true}"#))
 }
 
 /// Is `origin` (an `Origin` value, or a `Referer` URL) exactly this site's origin? Sibling
@@ -140,8 +198,15 @@ async fn end_impersonation(
     let json_body = h("content-type").is_some_and(|c| c.to_ascii_lowercase().contains("json"));
     let json_client = !crate::response::html_requested(req)
         && h("accept").is_some_and(|a| a.to_ascii_lowercase().contains("json"));
-    let Some(sess) =
-        token::authenticate(&r.snap.verifier, site, req, &r.host.host, &r.shared.auditor).await
+    let Some(sess) = token::authenticate(
+        &r.snap.verifier,
+        &r.shared.revocations,
+        site,
+        req,
+        &r.host.host,
+        &r.shared.auditor,
+    )
+    .await?
     else {
         return Err(Refusal::error(
             401,
@@ -273,15 +338,38 @@ pub fn bearer_matches(header: Option<&[u8]>, token: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(given.trim_ascii(), token).is_ok()
 }
 
+/// The largest `POST /revocations` body read.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+fn json_error(status: u16, error: &str, message: &str) -> Response<Vec<u8>> {
+    let body = serde_json::json!({ "error": error, "message": message }).to_string();
+    plain(status, "application/json", body.into_bytes())
+}
+
+/// Records a session revocation made on this replica (admin or back-channel logout): applied at
+/// once, sent to the other replicas, audited as `session.revoked`.
+pub fn record_revocation(shared: &Shared, r: Revocation, by: &str) {
+    let mut ev = crate::audit::AuditEvent::new("session.revoked", "-");
+    ev.kind = Some(r.kind.label());
+    ev.value = Some(r.value.clone());
+    ev.before = r.before;
+    ev.reason = Some(by.to_string());
+    tracing::info!(kind = r.kind.label(), by, "session revoked");
+    shared.revocations.revoke(r);
+    shared.auditor.emit(ev);
+}
+
 impl AdminApp {
-    async fn revoke(&self, sid: &str, auth: Option<&[u8]>) -> Response<Vec<u8>> {
-        let snap = self.shared.snapshot();
+    /// The revoke endpoints' bearer check: `403` when no `admin.token_env` is configured, `401`
+    /// for a missing or wrong bearer.
+    /// `None` when the caller may revoke; else the answer to send.
+    fn unauthorized(&self, snap: &Snapshot, auth: Option<&[u8]>) -> Option<Response<Vec<u8>>> {
         let Some(token) = &snap.config.admin.token else {
-            return plain(
+            return Some(plain(
                 403,
                 "application/json",
                 br#"{"error":"revoke_disabled","message":"set [admin] token_env to enable revocation"}"#.to_vec(),
-            );
+            ));
         };
         if !bearer_matches(auth, &token.0) {
             let mut r = plain(
@@ -293,6 +381,14 @@ impl AdminApp {
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
+            return Some(r);
+        }
+        None
+    }
+
+    async fn revoke(&self, sid: &str, auth: Option<&[u8]>) -> Response<Vec<u8>> {
+        let snap = self.shared.snapshot();
+        if let Some(r) = self.unauthorized(&snap, auth) {
             return r;
         }
         self.shared
@@ -307,6 +403,60 @@ impl AdminApp {
         let body = serde_json::json!({ "revoked": true, "sid": sid }).to_string();
         plain(200, "application/json", body.into_bytes())
     }
+
+    /// Ready once the config is loaded and, with Redis, the stored revocations have been
+    /// loaded (a replica that cannot know what was revoked takes no traffic). A Redis outage
+    /// after that keeps it ready: ends fall back to `cache_ttl`, and it says so.
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let snap = self.shared.snapshot();
+        let mut body = format!("sites: {}\n", snap.config.sites.len());
+        let mut ready = true;
+        if let Some(f) = &self.shared.fanout {
+            body.push_str(&f.status());
+            body.push('\n');
+            if !self.shared.revocations.loaded() {
+                ready = false;
+                body.push_str("revocations: not loaded from Redis yet\n");
+            }
+        }
+        if ready {
+            plain(200, "text/plain", format!("ready\n{body}").into_bytes())
+        } else {
+            plain(503, "text/plain", format!("not ready\n{body}").into_bytes())
+        }
+    }
+
+    /// `POST /revocations`: `{"jti"}`, `{"sid"}` or `{"sub","before"}` (SPEC.md "Revocation").
+    async fn revoke_sessions(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let snap = self.shared.snapshot();
+        let auth = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        if let Some(r) = self.unauthorized(&snap, auth.as_deref()) {
+            return r;
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ADMIN_BODY => {
+                    return json_error(413, "body_too_large", "the body is larger than 64 KiB");
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(_) => return json_error(400, "bad_request", "the body could not be read"),
+            }
+        }
+        let retention = snap.config.token.revocation_retention;
+        match Revocation::from_request(&body, token::now(), retention) {
+            Ok(r) => {
+                record_revocation(&self.shared, r, "admin");
+                plain(200, "application/json", br#"{"revoked":true}"#.to_vec())
+            }
+            Err(problem) => json_error(400, "bad_request", &problem),
+        }
+    }
 }
 
 #[async_trait]
@@ -317,15 +467,7 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => plain(200, "text/plain", b"ok\n".to_vec()),
-            ("GET", "/readyz") => {
-                let snap = self.shared.snapshot();
-                let mut body = format!("ready\nsites: {}\n", snap.config.sites.len());
-                if let Some(f) = &self.shared.fanout {
-                    body.push_str(&f.status());
-                    body.push('\n');
-                }
-                plain(200, "text/plain", body.into_bytes())
-            }
+            ("GET", "/readyz") => self.readyz(),
             ("GET", "/metrics") => plain(200, "text/plain; version=0.0.4", METRICS.render()),
             (m, p) if revoke_sid(p).is_some() => {
                 if m != "POST" {
@@ -342,7 +484,8 @@ impl ServeHttp for AdminApp {
                     .map(|v| v.as_bytes().to_vec());
                 self.revoke(&sid, auth.as_deref()).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics") => plain(
+            ("POST", "/revocations") => self.revoke_sessions(session).await,
+            (_, "/healthz" | "/readyz" | "/metrics" | "/revocations") => plain(
                 405,
                 "application/json",
                 br#"{"error":"method_not_allowed"}"#.to_vec(),

@@ -24,6 +24,7 @@ pub struct IdentityHeaders {
     pub imp_session: String,
     pub imp_id: String,
     pub imp_email: String,
+    pub imp_mode: String,
 }
 
 impl IdentityHeaders {
@@ -38,6 +39,7 @@ impl IdentityHeaders {
             imp_session: n("Impersonation-Session"),
             imp_id: n("Impersonator-Id"),
             imp_email: n("Impersonator-Email"),
+            imp_mode: n("Impersonation-Mode"),
         }
     }
 
@@ -276,13 +278,37 @@ pub fn header_encode(value: &str) -> String {
     utf8_percent_encode(value, HEADER_ENCODED).to_string()
 }
 
+/// How an impersonation found live may act (`X-Auth-Impersonation-Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Mode {
+    pub fn of(read_only: bool) -> Mode {
+        if read_only {
+            Mode::ReadOnly
+        } else {
+            Mode::ReadWrite
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReadOnly => "read_only",
+            Mode::ReadWrite => "read_write",
+        }
+    }
+}
+
 /// Sets the identity headers for a verified identity. Impersonation headers only when the
-/// impersonation has been found live.
+/// impersonation has been found live (`impersonation` is then its mode).
 pub fn inject(
     req: &mut RequestHeader,
     names: &IdentityHeaders,
     id: &Identity,
-    impersonation_live: bool,
+    impersonation: Option<Mode>,
 ) -> pingora::Result<()> {
     let mut set =
         |name: &str, value: &str| req.insert_header(name.to_string(), header_encode(value));
@@ -296,8 +322,9 @@ pub fn inject(
     if let Some(r) = &id.roles {
         set(&names.roles, r)?;
     }
-    if let (true, Some(imp)) = (impersonation_live, &id.impersonation) {
+    if let (Some(mode), Some(imp)) = (impersonation, &id.impersonation) {
         set(&names.imp_session, &imp.sid)?;
+        set(&names.imp_mode, mode.as_str())?;
         if let Some(a) = &imp.admin_id {
             set(&names.imp_id, a)?;
         }
@@ -320,8 +347,8 @@ pub struct Forward<'a> {
     pub keep_cookie: Option<&'a str>,
     pub names: &'a IdentityHeaders,
     pub identity: Option<&'a Identity>,
-    /// The impersonation was found live: its headers go up too.
-    pub impersonating: bool,
+    /// The impersonation was found live: its headers go up too, with its mode.
+    pub impersonating: Option<Mode>,
 }
 
 /// Step 10: the upstream request. Origin-form target with the client's Host (HTTP/2 has only

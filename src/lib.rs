@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod response;
+pub mod revocation;
 pub mod site;
 pub mod state;
 pub mod sync;

@@ -162,7 +162,14 @@ impl BackgroundService for Lifecycle {
                 retention: snap.config.revocation_floor(),
             };
             let url = String::from_utf8_lossy(&url.0).into_owned();
-            tokio::spawn(async move { fanout.run(url, &shared.liveness, memory).await });
+            tokio::spawn(async move {
+                let to = crate::fanout::Targets {
+                    liveness: &shared.liveness,
+                    revocations: &shared.revocations,
+                    memory,
+                };
+                fanout.run(url, to).await
+            });
         }
         drop(snap);
         tokio::select! {

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub redis_messages_ignored: IntCounter,
     pub open_connections: IntGauge,
     pub connections_refused: IntCounter,
+    pub revocations: IntGaugeVec,
+    pub revocations_evicted: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -53,6 +55,13 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     let _ = registry.register(Box::new(g.clone()));
     g
@@ -179,18 +188,12 @@ impl Metrics {
                 "Impersonated responses without a banner, by reason",
                 &["reason"],
             ),
-            tls_certificate_expiry: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "sessiongate_tls_certificate_expiry_seconds",
-                        "When each certificate of the TLS listener expires (Unix seconds), by its first name",
-                    ),
-                    &["name"],
-                )
-                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-                let _ = registry.register(Box::new(g.clone()));
-                g
-            },
+            tls_certificate_expiry: gauge_vec(
+                &registry,
+                "sessiongate_tls_certificate_expiry_seconds",
+                "When each certificate of the TLS listener expires (Unix seconds), by its first name",
+                &["name"],
+            ),
             redis_connected: gauge(
                 &registry,
                 "sessiongate_redis_connected",
@@ -225,6 +228,17 @@ impl Metrics {
                 &registry,
                 "sessiongate_connections_refused_total",
                 "Client connections closed on arrival because the public listener was full",
+            ),
+            revocations: gauge_vec(
+                &registry,
+                "sessiongate_revocations",
+                "Session revocations this replica remembers, by kind (jti, sid, sub)",
+                &["kind"],
+            ),
+            revocations_evicted: counter(
+                &registry,
+                "sessiongate_revocations_evicted_total",
+                "Revocations pushed out of memory by the size bound before their retention ended",
             ),
             registry,
         }

@@ -41,6 +41,8 @@ pub struct Ctx {
     /// The impersonation was found live: impersonation headers go up, `no-store` comes back,
     /// and every request is audited.
     impersonating: bool,
+    /// The impersonation may only read (its token's mode, or the site's `impersonation`).
+    read_only: bool,
     /// The banner splice for this response, when it applies. (`Mutex` because lol_html's
     /// rewriter is `Send` but not `Sync`; only `get_mut` is used.)
     banner: Option<Mutex<BannerStream>>,
@@ -151,8 +153,15 @@ impl Proxy {
         }
         let req = session.req_header();
         let auditor = &self.shared.auditor;
-        ctx.session =
-            token::authenticate(&snap.verifier, &site, req, &ctx.host.host, auditor).await;
+        ctx.session = token::authenticate(
+            &snap.verifier,
+            &self.shared.revocations,
+            &site,
+            req,
+            &ctx.host.host,
+            auditor,
+        )
+        .await?;
         if let Some(s) = &ctx.session {
             let admission = Admission {
                 cfg: &snap.config.liveness,
@@ -163,17 +172,29 @@ impl Proxy {
                 until: snap.verifier.honoured_until(&s.identity),
             };
             ctx.impersonating = liveness::admit(&self.shared.liveness, admission, auditor).await?;
+            ctx.read_only = ctx.impersonating
+                && (site.policy.read_only
+                    || s.identity
+                        .impersonation
+                        .as_ref()
+                        .is_some_and(|i| i.read_only()));
         }
         if ctx.impersonating {
             // A `_method` in a form body could make this POST a denied method: read it first.
-            let body_methods = if policy::body_may_override(&site.policy, req, &path) {
+            let body_methods = if policy::body_may_override(&site.policy, req, &path, ctx.read_only)
+            {
                 policy::read_body_methods(session).await?
             } else {
                 Vec::new()
             };
             let req = session.req_header();
-            if let Some(r) = policy::impersonation_refusal(&site.policy, req, &path, &body_methods)
-            {
+            if let Some(r) = policy::impersonation_refusal(
+                &site.policy,
+                req,
+                &path,
+                &body_methods,
+                ctx.read_only,
+            ) {
                 return Err(r);
             }
         }
@@ -231,6 +252,7 @@ impl ProxyHttp for Proxy {
             site: None,
             session: None,
             impersonating: false,
+            read_only: false,
             banner: None,
             socket: None,
             outcome: "proxied",
@@ -285,7 +307,9 @@ impl ProxyHttp for Proxy {
                 .map(|s| s.token.as_str()),
             names: &ctx.snap.names,
             identity: ctx.session.as_ref().map(|s| &s.identity),
-            impersonating: ctx.impersonating,
+            impersonating: ctx
+                .impersonating
+                .then_some(headers::Mode::of(ctx.read_only)),
         };
         headers::prepare_upstream(upstream, &forward)?;
         banner::prepare_upstream_request(upstream, ctx.impersonating && site.banner)

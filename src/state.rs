@@ -1,6 +1,6 @@
 //! What the proxy holds while it runs: the current config snapshot (swapped atomically on
 //! reload; a request keeps the snapshot it started with), the audit queue, the liveness cache
-//! and the Redis fan-out (both survive reloads), and the in-flight count.
+//! the revocations and the Redis fan-out (all survive reloads), and the in-flight count.
 
 use crate::audit::Auditor;
 use crate::banner::{Assets, CsrfKey, NoRandomness};
@@ -8,9 +8,11 @@ use crate::config::{Config, SiteConfig};
 use crate::fanout::Fanout;
 use crate::headers::IdentityHeaders;
 use crate::liveness::LivenessChecker;
+use crate::revocation::Revocations;
 use crate::site::Router;
 use crate::tls::CertStore;
 use crate::token::Verifier;
+use crate::token::logout::LogoutVerifier;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +24,8 @@ pub struct Snapshot {
     pub csrf: CsrfKey,
     pub router: Router<Arc<SiteConfig>>,
     pub verifier: Verifier,
+    /// `[backchannel_logout]`'s verifier, when logout tokens are accepted.
+    pub logout: Option<LogoutVerifier>,
     pub names: IdentityHeaders,
 }
 
@@ -44,6 +48,7 @@ impl Snapshot {
             csrf,
             router: Router::new(config.sites.iter().map(|s| (&s.host, s.clone()))),
             verifier: Verifier::new(&config.token),
+            logout: config.backchannel_logout.as_ref().map(LogoutVerifier::new),
             names: IdentityHeaders::new(&config.header_prefix),
             config,
         }
@@ -57,6 +62,8 @@ pub struct Shared {
     pub liveness: Arc<LivenessChecker>,
     /// The Redis revocation fan-out, when `liveness.redis_url_env` is set (read at start).
     pub fanout: Option<Arc<Fanout>>,
+    /// Revoked sessions (survive reloads; loaded from Redis when it is configured).
+    pub revocations: Arc<Revocations>,
     /// The TLS listener's certificates (empty without one), swapped on reload.
     pub certs: Arc<CertStore>,
     process_key: Vec<u8>,
@@ -73,8 +80,10 @@ impl Shared {
             .redis_url
             .as_ref()
             .map(|_| Arc::new(Fanout::new()));
+        let revocations = Arc::new(Revocations::new(fanout.is_some()));
         if let Some(f) = &fanout {
             liveness.send_ends_to(f.outbox());
+            revocations.send_to(f.revocation_outbox());
         }
         let certs = Arc::new(CertStore::new(
             config
@@ -85,6 +94,7 @@ impl Shared {
         ));
         Ok(Shared {
             fanout,
+            revocations,
             certs,
             current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
             process_key,

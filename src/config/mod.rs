@@ -48,6 +48,8 @@ pub struct Config {
     pub banner: BannerConfig,
     pub audit: AuditSink,
     pub audit_queue: usize,
+    /// `[backchannel_logout]`, when logout tokens are accepted.
+    pub backchannel_logout: Option<LogoutConfig>,
     /// Shared handles: a request keeps the site it was routed to, whatever reloads meanwhile.
     pub sites: Vec<Arc<SiteConfig>>,
 }
@@ -109,6 +111,27 @@ impl fmt::Debug for TokenConfig {
     }
 }
 
+/// `[backchannel_logout]`: whose logout tokens are believed, and how they are verified.
+#[derive(Clone)]
+pub struct LogoutConfig {
+    pub issuer: String,
+    pub audience: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub key: KeySource,
+    /// Clock skew allowed on `iat`/`exp` (fixed: the provider's clock, not the platform's).
+    pub leeway: Duration,
+}
+
+impl fmt::Debug for LogoutConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogoutConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where verification keys come from.
 #[derive(Clone)]
 pub enum KeySource {
@@ -119,18 +142,44 @@ pub enum KeySource {
     Jwks(String),
 }
 
-/// Dotted paths into the JWT payload.
+/// Where one field of the identity is in the JWT payload: a dotted path, or several tried in
+/// order (the first one the token has wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath(pub Vec<Vec<String>>);
+
+impl ClaimPath {
+    /// The alternatives as written (`act.sid, sid, jti`).
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|p| p.join("."))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Where identity lives in the JWT (`[token.claims]`).
 #[derive(Debug, Clone)]
 pub struct ClaimPaths {
-    pub user_id: Vec<String>,
-    pub tenant_id: Vec<String>,
-    pub email: Vec<String>,
-    pub roles: Vec<String>,
-    pub impersonation: Vec<String>,
+    pub user_id: ClaimPath,
+    pub tenant_id: ClaimPath,
+    pub email: ClaimPath,
+    pub roles: ClaimPath,
+    /// The platform's id of an ordinary session (revocation by `sid`).
+    pub session_id: ClaimPath,
+    /// The object whose presence makes an impersonation token (`imp`, or RFC 8693's `act`).
+    pub impersonation: ClaimPath,
+    pub impersonation_sid: ClaimPath,
+    pub impersonator_id: ClaimPath,
+    pub impersonator_email: ClaimPath,
+    pub impersonation_reason: ClaimPath,
+    pub impersonation_mode: ClaimPath,
 }
 
 #[derive(Debug, Clone)]
 pub struct LivenessConfig {
+    /// `false`: no backend is asked.
+    pub enabled: bool,
     pub url: String,
     pub end_url: String,
     pub bearer: Option<Secret>,

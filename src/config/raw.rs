@@ -16,7 +16,25 @@ pub struct RawConfig {
     pub headers: RawHeaders,
     pub banner: RawBanner,
     pub audit: RawAudit,
+    pub backchannel_logout: Option<RawBackchannel>,
     pub site: Vec<RawSite>,
+}
+
+/// `[backchannel_logout]`: OIDC Back-Channel Logout 1.0.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackchannel {
+    pub issuer: String,
+    pub audience: Vec<String>,
+    #[serde(default = "default_logout_algorithms")]
+    pub algorithms: Vec<String>,
+    pub secret_env: Option<String>,
+    pub public_key_file: Option<String>,
+    pub jwks_url: Option<String>,
+}
+
+fn default_logout_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,24 +139,58 @@ impl Default for RawToken {
     }
 }
 
+/// A claim path as written: one dotted path, or a list tried in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawClaimPath {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawClaimPath {
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            RawClaimPath::One(p) => vec![p.clone()],
+            RawClaimPath::Many(ps) => ps.clone(),
+        }
+    }
+}
+
+fn one(path: &str) -> RawClaimPath {
+    RawClaimPath::One(path.to_string())
+}
+
+/// `[token.claims]`. The impersonation fields default to paths under `impersonation`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawClaims {
-    pub user_id: String,
-    pub tenant_id: String,
-    pub email: String,
-    pub roles: String,
-    pub impersonation: String,
+    pub user_id: RawClaimPath,
+    pub tenant_id: RawClaimPath,
+    pub email: RawClaimPath,
+    pub roles: RawClaimPath,
+    pub session_id: RawClaimPath,
+    pub impersonation: RawClaimPath,
+    pub impersonation_sid: Option<RawClaimPath>,
+    pub impersonator_id: Option<RawClaimPath>,
+    pub impersonator_email: Option<RawClaimPath>,
+    pub impersonation_reason: Option<RawClaimPath>,
+    pub impersonation_mode: Option<RawClaimPath>,
 }
 
 impl Default for RawClaims {
     fn default() -> Self {
         RawClaims {
-            user_id: "sub".into(),
-            tenant_id: "tenant_id".into(),
-            email: "email".into(),
-            roles: "roles".into(),
-            impersonation: "imp".into(),
+            user_id: one("sub"),
+            tenant_id: one("tenant_id"),
+            email: one("email"),
+            roles: one("roles"),
+            session_id: one("sid"),
+            impersonation: one("imp"),
+            impersonation_sid: None,
+            impersonator_id: None,
+            impersonator_email: None,
+            impersonation_reason: None,
+            impersonation_mode: None,
         }
     }
 }
@@ -156,6 +208,8 @@ pub enum OnError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLiveness {
+    /// `false`: no backend; impersonations hold until their `exp` unless ended here.
+    pub enabled: bool,
     pub url: String,
     pub end_url: String,
     pub bearer_env: Option<String>,
@@ -175,6 +229,7 @@ pub struct RawLiveness {
 impl Default for RawLiveness {
     fn default() -> Self {
         RawLiveness {
+            enabled: true,
             url: "http://127.0.0.1:4000/internal/impersonations/{sid}".into(),
             end_url: "http://127.0.0.1:4000/tenant/auth/end-impersonation".into(),
             bearer_env: None,
@@ -258,7 +313,20 @@ pub struct RawSite {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
-    pub deny_while_impersonating: Vec<RawDenyRule>,
+    pub deny_while_impersonating: Vec<RawRouteRule>,
+    /// `read_only`: every impersonation on this site is read-only.
+    pub impersonation: RawImpersonationMode,
+    /// Writes a read-only impersonation may still make.
+    pub allow_while_read_only: Vec<RawRouteRule>,
+}
+
+/// What an impersonation may do on a site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawImpersonationMode {
+    #[default]
+    ReadWrite,
+    ReadOnly,
 }
 
 impl Default for RawSite {
@@ -278,13 +346,15 @@ impl Default for RawSite {
             connect_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(60),
             deny_while_impersonating: Vec::new(),
+            impersonation: RawImpersonationMode::ReadWrite,
+            allow_while_read_only: Vec::new(),
         }
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDenyRule {
+pub struct RawRouteRule {
     #[serde(default)]
     pub methods: Vec<String>,
     pub path: String,

@@ -3,10 +3,11 @@
 
 use super::raw::{self, RawConfig, RawSite, RawUnauthenticated};
 use super::{
-    AdminConfig, AuditSink, BannerConfig, ClaimPaths, Config, ConfigError, Env, KeySource,
-    LivenessConfig, Secret, SiteConfig, TlsListener, TokenConfig, Upstream, UpstreamTls,
+    AdminConfig, AuditSink, BannerConfig, ClaimPath, ClaimPaths, Config, ConfigError, Env,
+    KeySource, LivenessConfig, LogoutConfig, Secret, SiteConfig, TlsListener, TokenConfig,
+    Upstream, UpstreamTls,
 };
-use crate::policy::{DenyRule, PathRule, SitePolicy, Unauthenticated};
+use crate::policy::{PathRule, RouteRule, SitePolicy, Unauthenticated};
 use crate::site::{HostPattern, TenantPattern, is_host_char};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -137,6 +138,7 @@ impl Validator<'_> {
             }
         };
         let liveness = self.liveness(raw.liveness);
+        let backchannel_logout = raw.backchannel_logout.map(|b| self.backchannel_logout(b));
         let header_prefix = self.header_prefix(&raw.headers.prefix);
         let banner = self.banner(raw.banner);
         let audit = self.audit(&raw.audit.sink);
@@ -185,6 +187,10 @@ impl Validator<'_> {
             banner: banner?,
             audit: audit?,
             audit_queue: raw.audit.queue,
+            backchannel_logout: match backchannel_logout {
+                Some(b) => Some(b?),
+                None => None,
+            },
             sites,
         })
     }
@@ -298,6 +304,33 @@ impl Validator<'_> {
         })
     }
 
+    /// Method and path rules (`deny_while_impersonating`, `allow_while_read_only`) under `key`.
+    fn rules(&mut self, key: &str, raw: Vec<raw::RawRouteRule>) -> Vec<RouteRule> {
+        let mut rules = Vec::new();
+        for (j, rule) in raw.into_iter().enumerate() {
+            let rp = |k: &str| format!("{key}[{j}].{k}");
+            let path = match PathRule::parse(&rule.path) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.err(rp("path"), e);
+                    None
+                }
+            };
+            let mut methods = Vec::new();
+            for m in rule.methods {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    self.err(rp("methods"), format!("\"{m}\" is not an HTTP method"));
+                } else {
+                    methods.push(m.to_ascii_uppercase());
+                }
+            }
+            if let Some(path) = path {
+                rules.push(RouteRule { methods, path });
+            }
+        }
+        rules
+    }
+
     fn token(&mut self, t: raw::RawToken) -> Option<TokenConfig> {
         if !is_cookie_name(&t.cookie) {
             self.err(
@@ -310,73 +343,14 @@ impl Validator<'_> {
         {
             self.err("token.cookie_domain", format!("\"{d}\" is not a domain"));
         }
-        let mut algorithms = Vec::new();
-        if t.algorithms.is_empty() {
-            self.err("token.algorithms", "must list at least one algorithm");
-        }
-        for (i, name) in t.algorithms.iter().enumerate() {
-            if name.eq_ignore_ascii_case("none") {
-                self.err(
-                    format!("token.algorithms[{i}]"),
-                    "\"none\" is never accepted",
-                );
-                continue;
-            }
-            match Algorithm::from_str(name) {
-                Ok(a) => algorithms.push(a),
-                Err(_) => self.err(
-                    format!("token.algorithms[{i}]"),
-                    format!(
-                        "unknown algorithm \"{name}\" (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
-                    ),
-                ),
-            }
-        }
-        let families: Vec<_> = algorithms.iter().map(|a| a.family()).collect();
-        if families.windows(2).any(|w| w[0] != w[1]) {
-            self.err(
-                "token.algorithms",
-                "mixes algorithm families: one key verifies one family (HS*, RS*/PS*, ES*, EdDSA)",
-            );
-        }
-        let sources = [
-            t.secret_env.is_some(),
-            t.public_key_file.is_some(),
-            t.jwks_url.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if sources != 1 {
-            self.err(
-                "token",
-                "set exactly one of secret_env, public_key_file, jwks_url",
-            );
-        }
-        let key = if let Some(url) = &t.jwks_url {
-            if algorithms.iter().any(|a| is_hmac(*a)) {
-                self.err(
-                    "token.jwks_url",
-                    "a JWKS holds public keys: use RS*/PS*/ES*/EdDSA algorithms",
-                );
-            }
-            self.http_url("token.jwks_url", url)
-                .then(|| KeySource::Jwks(url.clone()))
-        } else if let Some(name) = &t.secret_env {
-            if algorithms.iter().any(|a| !is_hmac(*a)) {
-                self.err(
-                    "token.secret_env",
-                    "a shared secret only verifies HS256/HS384/HS512; use public_key_file",
-                );
-            }
-            self.secret_env("token.secret_env", name)
-                .map(|s| KeySource::Static(DecodingKey::from_secret(&s.0)))
-        } else if let Some(file) = &t.public_key_file {
-            self.public_key("token.public_key_file", file, algorithms.first().copied())
-                .map(KeySource::Static)
-        } else {
-            None
-        };
+        let algorithms = self.algorithms("token", &t.algorithms);
+        let key = self.key_source(
+            "token",
+            &algorithms,
+            t.secret_env.as_deref(),
+            t.public_key_file.as_deref(),
+            t.jwks_url.as_deref(),
+        );
         if let Some(iss) = &t.issuer
             && iss.is_empty()
         {
@@ -391,13 +365,7 @@ impl Validator<'_> {
             self.err("token.audience", "must list non-empty audiences");
         }
         self.positive("token.revocation_retention", t.revocation_retention);
-        let claims = ClaimPaths {
-            user_id: self.claim_path("token.claims.user_id", &t.claims.user_id),
-            tenant_id: self.claim_path("token.claims.tenant_id", &t.claims.tenant_id),
-            email: self.claim_path("token.claims.email", &t.claims.email),
-            roles: self.claim_path("token.claims.roles", &t.claims.roles),
-            impersonation: self.claim_path("token.claims.impersonation", &t.claims.impersonation),
-        };
+        let claims = self.claims(&t.claims);
         Some(TokenConfig {
             cookie: t.cookie,
             cookie_domain: t.cookie_domain,
@@ -408,6 +376,129 @@ impl Validator<'_> {
             leeway: t.leeway,
             revocation_retention: t.revocation_retention,
             claims,
+        })
+    }
+
+    /// `<section>.algorithms`: known names, never `none`, one family.
+    fn algorithms(&mut self, section: &str, names: &[String]) -> Vec<Algorithm> {
+        let mut algorithms = Vec::new();
+        if names.is_empty() {
+            self.err(
+                format!("{section}.algorithms"),
+                "must list at least one algorithm",
+            );
+        }
+        for (i, name) in names.iter().enumerate() {
+            if name.eq_ignore_ascii_case("none") {
+                self.err(
+                    format!("{section}.algorithms[{i}]"),
+                    "\"none\" is never accepted",
+                );
+                continue;
+            }
+            match Algorithm::from_str(name) {
+                Ok(a) => algorithms.push(a),
+                Err(_) => self.err(
+                    format!("{section}.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm \"{name}\" (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                    ),
+                ),
+            }
+        }
+        let families: Vec<_> = algorithms.iter().map(|a| a.family()).collect();
+        if families.windows(2).any(|w| w[0] != w[1]) {
+            self.err(
+                format!("{section}.algorithms"),
+                "mixes algorithm families: one key verifies one family (HS*, RS*/PS*, ES*, EdDSA)",
+            );
+        }
+        algorithms
+    }
+
+    /// Exactly one of `secret_env`, `public_key_file`, `jwks_url` in `section`, fitting its
+    /// algorithms.
+    fn key_source(
+        &mut self,
+        section: &str,
+        algorithms: &[Algorithm],
+        secret_env: Option<&str>,
+        public_key_file: Option<&str>,
+        jwks_url: Option<&str>,
+    ) -> Option<KeySource> {
+        let sources = [
+            secret_env.is_some(),
+            public_key_file.is_some(),
+            jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if sources != 1 {
+            self.err(
+                section,
+                "set exactly one of secret_env, public_key_file, jwks_url",
+            );
+        }
+        if let Some(url) = jwks_url {
+            if algorithms.iter().any(|a| is_hmac(*a)) {
+                self.err(
+                    format!("{section}.jwks_url"),
+                    "a JWKS holds public keys: use RS*/PS*/ES*/EdDSA algorithms",
+                );
+            }
+            self.http_url(&format!("{section}.jwks_url"), url)
+                .then(|| KeySource::Jwks(url.to_string()))
+        } else if let Some(name) = secret_env {
+            let key = format!("{section}.secret_env");
+            if algorithms.iter().any(|a| !is_hmac(*a)) {
+                self.err(
+                    &key,
+                    "a shared secret only verifies HS256/HS384/HS512; use public_key_file",
+                );
+            }
+            self.secret_env(&key, name)
+                .map(|s| KeySource::Static(DecodingKey::from_secret(&s.0)))
+        } else if let Some(file) = public_key_file {
+            self.public_key(
+                &format!("{section}.public_key_file"),
+                file,
+                algorithms.first().copied(),
+            )
+            .map(KeySource::Static)
+        } else {
+            None
+        }
+    }
+
+    /// `[backchannel_logout]`: the identity provider whose logout tokens are believed.
+    fn backchannel_logout(&mut self, b: raw::RawBackchannel) -> Option<LogoutConfig> {
+        let algorithms = self.algorithms("backchannel_logout", &b.algorithms);
+        let key = self.key_source(
+            "backchannel_logout",
+            &algorithms,
+            b.secret_env.as_deref(),
+            b.public_key_file.as_deref(),
+            b.jwks_url.as_deref(),
+        );
+        if b.issuer.is_empty() {
+            self.err(
+                "backchannel_logout.issuer",
+                "must name the identity provider (its logout tokens' iss)",
+            );
+        }
+        if b.audience.is_empty() || b.audience.iter().any(String::is_empty) {
+            self.err(
+                "backchannel_logout.audience",
+                "must list non-empty audiences (this client's id at the provider)",
+            );
+        }
+        Some(LogoutConfig {
+            issuer: b.issuer,
+            audience: b.audience,
+            algorithms,
+            key: key?,
+            leeway: Duration::from_secs(30),
         })
     }
 
@@ -446,12 +537,56 @@ impl Validator<'_> {
         }
     }
 
-    fn claim_path(&mut self, path: &str, value: &str) -> Vec<String> {
-        let parts: Vec<String> = value.split('.').map(str::to_string).collect();
-        if parts.iter().any(String::is_empty) {
-            self.err(path, format!("\"{value}\" is not a dotted claim path"));
+    fn claim_path(&mut self, key: &str, value: &raw::RawClaimPath) -> ClaimPath {
+        let path = format!("token.claims.{key}");
+        let alternatives = value.paths();
+        if alternatives.is_empty() {
+            self.err(&path, "must name at least one claim path");
         }
-        parts
+        let mut out = Vec::new();
+        for p in alternatives {
+            let parts: Vec<String> = p.split('.').map(str::to_string).collect();
+            if parts.iter().any(String::is_empty) {
+                self.err(&path, format!("\"{p}\" is not a dotted claim path"));
+            }
+            out.push(parts);
+        }
+        ClaimPath(out)
+    }
+
+    /// `[token.claims]`; the impersonation fields default to `<impersonation>.sid` and so on.
+    fn claims(&mut self, c: &raw::RawClaims) -> ClaimPaths {
+        let impersonation = self.claim_path("impersonation", &c.impersonation);
+        let under = |field: &str| {
+            let base = impersonation
+                .0
+                .first()
+                .map(|p| p.join("."))
+                .unwrap_or_default();
+            raw::RawClaimPath::One(format!("{base}.{field}"))
+        };
+        let mut field = |key: &str, given: &Option<raw::RawClaimPath>, default: &str| {
+            let value = given.clone().unwrap_or_else(|| under(default));
+            self.claim_path(key, &value)
+        };
+        let impersonation_sid = field("impersonation_sid", &c.impersonation_sid, "sid");
+        let impersonator_id = field("impersonator_id", &c.impersonator_id, "admin_id");
+        let impersonator_email = field("impersonator_email", &c.impersonator_email, "admin_email");
+        let impersonation_reason = field("impersonation_reason", &c.impersonation_reason, "reason");
+        let impersonation_mode = field("impersonation_mode", &c.impersonation_mode, "mode");
+        ClaimPaths {
+            user_id: self.claim_path("user_id", &c.user_id),
+            tenant_id: self.claim_path("tenant_id", &c.tenant_id),
+            email: self.claim_path("email", &c.email),
+            roles: self.claim_path("roles", &c.roles),
+            session_id: self.claim_path("session_id", &c.session_id),
+            impersonation,
+            impersonation_sid,
+            impersonator_id,
+            impersonator_email,
+            impersonation_reason,
+            impersonation_mode,
+        }
     }
 
     fn liveness(&mut self, l: raw::RawLiveness) -> Option<LivenessConfig> {
@@ -484,6 +619,7 @@ impl Validator<'_> {
         self.positive("liveness.ended_ttl", l.ended_ttl);
         self.positive("liveness.timeout", l.timeout);
         Some(LivenessConfig {
+            enabled: l.enabled,
             url: l.url,
             end_url: l.end_url,
             bearer,
@@ -628,35 +764,20 @@ impl Validator<'_> {
         }
         self.positive(&p("connect_timeout"), s.connect_timeout);
         self.positive(&p("read_timeout"), s.read_timeout);
-        let mut deny = Vec::new();
-        for (j, rule) in s.deny_while_impersonating.into_iter().enumerate() {
-            let rp = |k: &str| format!("site[{i}].deny_while_impersonating[{j}].{k}");
-            let path = match PathRule::parse(&rule.path) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    self.err(rp("path"), e);
-                    None
-                }
-            };
-            let mut methods = Vec::new();
-            for m in rule.methods {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    self.err(rp("methods"), format!("\"{m}\" is not an HTTP method"));
-                } else {
-                    methods.push(m.to_ascii_uppercase());
-                }
-            }
-            if let Some(path) = path {
-                deny.push(DenyRule { methods, path });
-            }
-        }
+        let deny = self.rules(&p("deny_while_impersonating"), s.deny_while_impersonating);
+        let allow = self.rules(&p("allow_while_read_only"), s.allow_while_read_only);
         Some(Arc::new(SiteConfig {
             name: s.host.to_ascii_lowercase(),
             host: host?,
             upstream: upstream?,
             tenant_from_host,
             unauthenticated: unauthenticated?,
-            policy: SitePolicy { public_paths, deny },
+            policy: SitePolicy {
+                public_paths,
+                deny,
+                read_only: s.impersonation == raw::RawImpersonationMode::ReadOnly,
+                allow,
+            },
             banner: s.banner,
             after_end_url: s.after_end_url,
             forward_session_cookie: s.forward_session_cookie,

@@ -278,6 +278,11 @@ impl LivenessChecker {
             return Ok(self.counted(Liveness::Ended));
         }
         self.saw_token(sid, token_until).await;
+        if !cfg.enabled {
+            // No backend: an impersonation holds until its exp unless it was ended here (End,
+            // a revoke, another replica through Redis).
+            return Ok(self.counted(Liveness::Live));
+        }
         if self.live.get(sid).await.is_some() {
             METRICS.liveness_cache.with_label_values(&["hit"]).inc();
             return Ok(self.counted(Liveness::Live));
@@ -363,19 +368,43 @@ pub struct Ended {
     pub until: Option<u64>,
 }
 
-/// What an ended impersonation gets: navigations go to `after_end_url`, anything else a `401`;
-/// both clear the cookie.
-pub fn ended_refusal(req: &RequestHeader, site: &SiteConfig, token: &TokenConfig) -> Refusal {
-    let answer = if is_navigation(req) {
-        Refusal::redirect(302, site.after_end_url.clone(), "impersonation_ended")
-    } else {
-        Refusal::json(
-            401,
-            r#"{"error":"impersonation_ended"}"#,
+/// Why an impersonation is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    Ended,
+    Expired,
+}
+
+/// What an ended (or expired) impersonation gets: navigations go to `after_end_url`, anything
+/// else a `401` whose `code` is what the seeds' frontends already check on `/me`; both clear the
+/// cookie.
+pub fn over_refusal(
+    req: &RequestHeader,
+    site: &SiteConfig,
+    token: &TokenConfig,
+    over: Over,
+) -> Refusal {
+    let (outcome, body) = match over {
+        Over::Ended => (
             "impersonation_ended",
-        )
+            r#"{"error":"impersonation_ended","code":"IMPERSONATION_ENDED"}"#,
+        ),
+        Over::Expired => (
+            "impersonation_expired",
+            r#"{"error":"impersonation_expired","code":"IMPERSONATION_ENDED"}"#,
+        ),
+    };
+    let answer = if is_navigation(req) {
+        Refusal::redirect(302, site.after_end_url.clone(), outcome)
+    } else {
+        Refusal::json(401, body, outcome)
     };
     answer.header("set-cookie", clearing_cookie(token))
+}
+
+/// What an ended impersonation gets.
+pub fn ended_refusal(req: &RequestHeader, site: &SiteConfig, token: &TokenConfig) -> Refusal {
+    over_refusal(req, site, token, Over::Ended)
 }
 
 /// What an impersonation gets while the backend cannot say whether it is live.
@@ -410,19 +439,20 @@ pub async fn admit(
     let Some(imp) = &a.session.identity.impersonation else {
         return Ok(false);
     };
+    let over = |event: &'static str, over: Over| {
+        let mut ev = a.session.identity.audit_event(event, &a.site.name);
+        ev.method = Some(a.req.method.to_string());
+        ev.path = Some(String::from_utf8_lossy(a.req.raw_path()).into_owned());
+        auditor.emit(ev);
+        over_refusal(a.req, a.site, a.token, over)
+    };
+    if a.session.expired {
+        return Err(over("impersonation.expired_seen", Over::Expired));
+    }
     let cookie = format!("{}={}", a.token.cookie, a.session.token);
     match checker.check(a.cfg, &imp.sid, Some(&cookie), a.until).await {
         Ok(Liveness::Live) => Ok(true),
-        Ok(Liveness::Ended) => {
-            let mut ev = a
-                .session
-                .identity
-                .audit_event("impersonation.ended_seen", &a.site.name);
-            ev.method = Some(a.req.method.to_string());
-            ev.path = Some(String::from_utf8_lossy(a.req.raw_path()).into_owned());
-            auditor.emit(ev);
-            Err(ended_refusal(a.req, a.site, a.token))
-        }
+        Ok(Liveness::Ended) => Err(over("impersonation.ended_seen", Over::Ended)),
         Err(e) => {
             tracing::warn!(site = %a.site.name, error = %e, "impersonation refused: liveness unknown");
             Err(unavailable())

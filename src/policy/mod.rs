@@ -29,9 +29,9 @@ pub fn folded_eq(name: &str, target: &str) -> bool {
             .all(|(a, b)| fold_byte(a) == b)
 }
 
-/// A deny-while-impersonating rule.
+/// A route rule: methods on a path (the deny list, and the read-only allow list).
 #[derive(Debug, Clone)]
-pub struct DenyRule {
+pub struct RouteRule {
     /// Upper-case method names; empty means every method.
     pub methods: Vec<String>,
     pub path: PathRule,
@@ -50,7 +50,22 @@ pub enum Unauthenticated {
 pub struct SitePolicy {
     /// Forwarded with no cookie work and no identity.
     pub public_paths: Vec<PathRule>,
-    pub deny: Vec<DenyRule>,
+    pub deny: Vec<RouteRule>,
+    /// `impersonation = "read_only"`: every impersonation on this site is read-only.
+    pub read_only: bool,
+    /// `allow_while_read_only`: the writes a read-only impersonation may still make.
+    pub allow: Vec<RouteRule>,
+}
+
+/// Methods that read: a read-only impersonation may make them.
+const SAFE_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`): never
+/// refused for want of a session (the browser sends no cookie with it).
+pub fn is_cors_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key("origin")
+        && req.headers.contains_key("access-control-request-method")
 }
 
 /// Public paths skip cookie work. An ambiguous path is never public (fail closed).
@@ -76,18 +91,22 @@ fn covers(methods: &[String], method: &str) -> bool {
         })
 }
 
-/// The first deny rule matching this method and canonical path (or the path without a format
-/// suffix: deny rules err on the side of refusing).
+/// Does a rule's path match this canonical path (or the path without a format suffix: rules
+/// err on the side of covering)?
+fn rule_path_matches(rule: &RouteRule, path: &CanonicalPath) -> bool {
+    rule.path.matches(&path.path)
+        || without_format(&path.path).is_some_and(|b| rule.path.matches(b))
+}
+
+/// The first deny rule matching this method and canonical path.
 pub fn denied<'a>(
-    rules: &'a [DenyRule],
+    rules: &'a [RouteRule],
     method: &str,
     path: &CanonicalPath,
-) -> Option<&'a DenyRule> {
-    let bare = without_format(&path.path);
-    rules.iter().find(|r| {
-        covers(&r.methods, method)
-            && (r.path.matches(&path.path) || bare.is_some_and(|b| r.path.matches(b)))
-    })
+) -> Option<&'a RouteRule> {
+    rules
+        .iter()
+        .find(|r| covers(&r.methods, method) && rule_path_matches(r, path))
 }
 
 /// Headers that ask an app to act as another method. Kept (apps use them), but deny rules
@@ -156,14 +175,20 @@ pub fn form_kind(req: &RequestHeader) -> Option<FormKind> {
 }
 
 /// Must the form body be read before deciding? Only for a form POST to a path that a deny rule
-/// covers for some method other than POST (a `_method` in the body could turn it into that one).
-pub fn body_may_override(site: &SitePolicy, req: &RequestHeader, path: &CanonicalPath) -> bool {
+/// covers for some method other than POST, or (read-only) that an allow rule lets through: a
+/// `_method` in the body could turn it into another method.
+pub fn body_may_override(
+    site: &SitePolicy,
+    req: &RequestHeader,
+    path: &CanonicalPath,
+    read_only: bool,
+) -> bool {
     form_kind(req).is_some()
-        && site.deny.iter().any(|r| {
-            !covers(&r.methods, "POST")
-                && (r.path.matches(&path.path)
-                    || without_format(&path.path).is_some_and(|b| r.path.matches(b)))
-        })
+        && (site
+            .deny
+            .iter()
+            .any(|r| !covers(&r.methods, "POST") && rule_path_matches(r, path))
+            || read_only && site.allow.iter().any(|r| rule_path_matches(r, path)))
 }
 
 /// The `_method` values of a form body.
@@ -257,12 +282,15 @@ const FORBIDDEN_ATTEMPT: &str = "impersonation.forbidden_attempt";
 
 /// Step 8: what an impersonating request to this path gets, if it may not pass. An ambiguous
 /// path is refused on any route (its meaning depends on the app); a route on the deny list is
-/// refused for every method the request names. Both are audited.
+/// refused for every method the request names; a read-only impersonation may only read, unless
+/// an allow rule covers every method the request names (the deny list still wins). All are
+/// audited.
 pub fn impersonation_refusal(
     site: &SitePolicy,
     req: &RequestHeader,
     path: &CanonicalPath,
     body_methods: &[String],
+    read_only: bool,
 ) -> Option<Refusal> {
     let (refusal, reason) = if path.ambiguous {
         (
@@ -277,21 +305,40 @@ pub fn impersonation_refusal(
     } else {
         let mut methods = effective_methods(req);
         methods.extend_from_slice(body_methods);
-        let (method, rule) = methods
+        if let Some((method, rule)) = methods
             .iter()
-            .find_map(|m| denied(&site.deny, m, path).map(|r| (m, r)))?;
-        (
-            Refusal::error(
-                403,
-                "forbidden_while_impersonating",
-                "This action is not available while impersonating a user.",
-                "denied",
-            ),
-            format!(
-                "{method} {} is denied while impersonating",
-                rule.path.as_str()
-            ),
-        )
+            .find_map(|m| denied(&site.deny, m, path).map(|r| (m, r)))
+        {
+            (
+                Refusal::error(
+                    403,
+                    "forbidden_while_impersonating",
+                    "This action is not available while impersonating a user.",
+                    "denied",
+                ),
+                format!(
+                    "{method} {} is denied while impersonating",
+                    rule.path.as_str()
+                ),
+            )
+        } else if read_only
+            && methods.iter().any(|m| !SAFE_METHODS.contains(&m.as_str()))
+            && !site.allow.iter().any(|r| {
+                rule_path_matches(r, path) && methods.iter().all(|m| covers(&r.methods, m))
+            })
+        {
+            (
+                Refusal::error(
+                    403,
+                    "read_only_impersonation",
+                    "This impersonation is read-only: it cannot change anything.",
+                    "read_only",
+                ),
+                "read_only".to_string(),
+            )
+        } else {
+            return None;
+        }
     };
     Some(
         refusal
@@ -311,6 +358,9 @@ pub fn unauthenticated_refusal(
     host: &str,
     scheme: &str,
 ) -> Option<Refusal> {
+    if is_cors_preflight(req) {
+        return None;
+    }
     match rule {
         Unauthenticated::Pass => None,
         Unauthenticated::Redirect { login_url } if is_navigation(req) => Some(Refusal::redirect(
@@ -389,10 +439,11 @@ mod tests {
     fn site() -> SitePolicy {
         SitePolicy {
             public_paths: vec![],
-            deny: vec![DenyRule {
+            deny: vec![RouteRule {
                 methods: vec!["POST".into()],
                 path: PathRule::parse("/settings/password").expect("rule"),
             }],
+            ..SitePolicy::default()
         }
     }
 
@@ -401,9 +452,9 @@ mod tests {
         let site = site();
         let path = canonical_path("/Settings//password/");
         let get = req("/settings/password", &[]);
-        assert_eq!(impersonation_refusal(&site, &get, &path, &[]), None);
+        assert_eq!(impersonation_refusal(&site, &get, &path, &[], false), None);
         let overridden = req("/settings/password", &[("X_HTTP_Method_Override", "post")]);
-        let r = impersonation_refusal(&site, &overridden, &path, &[]).expect("denied");
+        let r = impersonation_refusal(&site, &overridden, &path, &[], false).expect("denied");
         assert_eq!(
             (r.status, r.code(), r.outcome),
             (403, "forbidden_while_impersonating", "denied")
@@ -416,7 +467,7 @@ mod tests {
             Some("POST /settings/password is denied while impersonating")
         );
         let ambiguous = canonical_path("/anything%2Fat-all");
-        let r = impersonation_refusal(&site, &get, &ambiguous, &[]).expect("refused");
+        let r = impersonation_refusal(&site, &get, &ambiguous, &[], false).expect("refused");
         assert_eq!((r.status, r.code()), (400, "ambiguous_path"));
     }
 
@@ -425,15 +476,16 @@ mod tests {
         let site = SitePolicy {
             public_paths: vec![],
             deny: vec![
-                DenyRule {
+                RouteRule {
                     methods: vec!["DELETE".into()],
                     path: PathRule::parse("/account").expect("rule"),
                 },
-                DenyRule {
+                RouteRule {
                     methods: vec!["GET".into()],
                     path: PathRule::parse("/export").expect("rule"),
                 },
             ],
+            ..SitePolicy::default()
         };
         let refused = |method: &str, target: &str, headers: &[(&str, &str)], body: &[String]| {
             let mut r = RequestHeader::build(method, target.as_bytes(), None).expect("request");
@@ -441,7 +493,7 @@ mod tests {
                 r.append_header(k.to_string(), *v).expect("header");
             }
             let path = canonical_path(target);
-            impersonation_refusal(&site, &r, &path, body).map(|r| r.status)
+            impersonation_refusal(&site, &r, &path, body, false).map(|r| r.status)
         };
         assert_eq!(
             refused("POST", "/account?_method=delete", &[], &[]),
@@ -464,20 +516,13 @@ mod tests {
             r
         };
         let path = canonical_path("/account");
-        assert!(body_may_override(
-            &site,
-            &form("application/x-www-form-urlencoded"),
-            &path
-        ));
-        assert!(body_may_override(
-            &site,
-            &form("multipart/form-data; boundary=x"),
-            &path
-        ));
-        assert!(!body_may_override(&site, &form("application/json"), &path));
-        assert!(!body_may_override(
-            &site,
-            &form("application/x-www-form-urlencoded"),
+        let overridable =
+            |ct: &str, path: &CanonicalPath| body_may_override(&site, &form(ct), path, false);
+        assert!(overridable("application/x-www-form-urlencoded", &path));
+        assert!(overridable("multipart/form-data; boundary=x", &path));
+        assert!(!overridable("application/json", &path));
+        assert!(!overridable(
+            "application/x-www-form-urlencoded",
             &canonical_path("/other")
         ));
         assert_eq!(
@@ -490,6 +535,106 @@ mod tests {
                 b"--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\npatch\r\n--x--\r\n"
             ),
             vec!["PATCH"]
+        );
+    }
+
+    #[test]
+    fn a_read_only_impersonation_only_reads_unless_a_rule_allows_the_write() {
+        let rule = |methods: &[&str], path: &str| RouteRule {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path: PathRule::parse(path).expect("rule"),
+        };
+        let site = SitePolicy {
+            deny: vec![rule(&["POST"], "/notes/secret")],
+            allow: vec![rule(&["POST"], "/notes/*"), rule(&[], "/search")],
+            ..SitePolicy::default()
+        };
+        let judge = |method: &str, target: &str, headers: &[(&str, &str)], body: &[String]| {
+            let mut r = RequestHeader::build(method, target.as_bytes(), None).expect("request");
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).expect("header");
+            }
+            impersonation_refusal(&site, &r, &canonical_path(target), body, true)
+                .map(|r| (r.status, r.code(), r.audit.and_then(|a| a.reason)))
+        };
+        let read_only = Some((
+            403,
+            "read_only_impersonation",
+            Some("read_only".to_string()),
+        ));
+        for m in ["GET", "HEAD", "OPTIONS"] {
+            assert_eq!(judge(m, "/orders", &[], &[]), None, "{m} reads");
+        }
+        for m in ["POST", "PUT", "PATCH", "DELETE", "PROPFIND"] {
+            assert_eq!(judge(m, "/orders", &[], &[]), read_only, "{m} writes");
+        }
+        // A write named by an override header or a form `_method` counts.
+        let ov = [("X-HTTP-Method-Override", "DELETE")];
+        assert_eq!(judge("GET", "/orders", &ov, &[]), read_only);
+        assert_eq!(judge("GET", "/orders?_method=put", &[], &[]), read_only);
+        // Allowed: the rule covers every method the request names.
+        assert_eq!(judge("POST", "/notes/1", &[], &[]), None);
+        assert_eq!(judge("POST", "/Notes//1/", &[], &[]), None, "normalized");
+        assert_eq!(
+            judge("POST", "/notes/1", &[], &["DELETE".into()]),
+            read_only
+        );
+        assert_eq!(judge("PUT", "/notes/1", &[], &[]), read_only);
+        assert_eq!(judge("DELETE", "/search", &[], &[]), None, "all methods");
+        // The deny list still wins.
+        let denied = judge("POST", "/notes/secret", &[], &[]).expect("denied");
+        assert_eq!((denied.0, denied.1), (403, "forbidden_while_impersonating"));
+        // Read-write: writes pass.
+        let r = RequestHeader::build("DELETE", b"/orders", None).expect("request");
+        assert_eq!(
+            impersonation_refusal(&site, &r, &canonical_path("/orders"), &[], false),
+            None
+        );
+        // The body is read when an allow rule could be defeated by a `_method`.
+        let mut form = RequestHeader::build("POST", b"/notes/1", None).expect("request");
+        form.append_header("content-type", "application/x-www-form-urlencoded")
+            .expect("header");
+        assert!(body_may_override(
+            &site,
+            &form,
+            &canonical_path("/notes/1"),
+            true
+        ));
+        assert!(!body_may_override(
+            &site,
+            &form,
+            &canonical_path("/notes/1"),
+            false
+        ));
+    }
+
+    #[test]
+    fn a_cors_preflight_is_never_refused_for_want_of_a_session() {
+        let preflight = req(
+            "/api/orders",
+            &[
+                ("Origin", "https://a.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+        );
+        let mut preflight = preflight;
+        preflight.set_method(http::Method::OPTIONS);
+        assert!(is_cors_preflight(&preflight));
+        assert_eq!(
+            unauthenticated_refusal(&Unauthenticated::Reject, &preflight, "a.example", "http"),
+            None
+        );
+        let mut plain_options = req("/api/orders", &[("Origin", "https://a.example")]);
+        plain_options.set_method(http::Method::OPTIONS);
+        assert!(!is_cors_preflight(&plain_options));
+        assert!(
+            unauthenticated_refusal(
+                &Unauthenticated::Reject,
+                &plain_options,
+                "a.example",
+                "http"
+            )
+            .is_some()
         );
     }
 

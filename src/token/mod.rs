@@ -4,8 +4,12 @@
 //! here. The proxy's clock lives here too, since tokens are what it is read for. `cookie` is
 //! the session cookie, `jwks` the keys fetched from a JWKS URL.
 
+mod claims;
 pub mod cookie;
 mod jwks;
+pub mod logout;
+
+pub use claims::{MAX_TIME, Provenance, explained as explain_claims};
 
 pub use cookie::{SessionCookie, clearing_cookie, session_cookie};
 pub use jwks::{JWKS_MIN_REFRESH, Jwks};
@@ -13,6 +17,8 @@ pub use jwks::{JWKS_MIN_REFRESH, Jwks};
 use crate::audit::{AuditEvent, Auditor};
 use crate::config::{KeySource, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
+use crate::response::Refusal;
+use crate::revocation::Revocations;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode};
 use pingora::http::RequestHeader;
@@ -54,6 +60,12 @@ pub enum TokenError {
     InvalidClaim(String),
     #[error("no key in the JWKS matches the token's kid")]
     UnknownKey,
+    /// An impersonation token whose only fault is its expiry: step 7 answers it (the admin goes
+    /// back to the console) instead of treating the request as anonymous.
+    #[error("impersonation token has expired")]
+    ExpiredImpersonation(Box<Identity>),
+    #[error("the token has been revoked (by {0})")]
+    Revoked(&'static str),
 }
 
 impl TokenError {
@@ -70,6 +82,8 @@ impl TokenError {
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::InvalidClaim(_) => "invalid_claim",
             TokenError::UnknownKey => "unknown_kid",
+            TokenError::ExpiredImpersonation(_) => "expired",
+            TokenError::Revoked(_) => "revoked",
         }
     }
 }
@@ -80,6 +94,15 @@ pub struct Impersonation {
     pub admin_id: Option<String>,
     pub admin_email: Option<String>,
     pub reason: Option<String>,
+    /// `read_only` makes the impersonation read-only; anything else is read-write.
+    pub mode: Option<String>,
+}
+
+impl Impersonation {
+    /// Did the token ask for a read-only impersonation?
+    pub fn read_only(&self) -> bool {
+        self.mode.as_deref() == Some("read_only")
+    }
 }
 
 /// Who the verified token says the caller is. Values are as in the token (checked to be free of
@@ -91,6 +114,9 @@ pub struct Identity {
     pub email: Option<String>,
     /// Comma-joined.
     pub roles: Option<String>,
+    /// The platform's session (`[token.claims] session_id`), for revocation by `sid`.
+    pub session_id: Option<String>,
+    pub jti: Option<String>,
     pub impersonation: Option<Impersonation>,
     pub exp: u64,
     pub iat: Option<u64>,
@@ -117,34 +143,71 @@ pub struct Session {
     pub identity: Identity,
     /// The cookie's value, as sent.
     pub token: String,
+    /// An impersonation token past its `exp` (everything else verified): no session, but step 7
+    /// sends the admin back to the console.
+    pub expired: bool,
 }
 
-/// Steps 4-6: the session cookie, verified, bound to the tenant the host names. `None` = no
-/// session (the reason is logged and counted, a tenant mismatch audited; the token never is).
+/// What the revocation store's state does to a verified session it cannot check yet.
+pub fn revocations_unavailable() -> Refusal {
+    Refusal::error(
+        503,
+        "revocations_unavailable",
+        "Sessions cannot be checked right now. Try again shortly.",
+        "revocations_unavailable",
+    )
+    .header("retry-after", "5".to_string())
+}
+
+/// Steps 4-6: the session cookie, verified, not revoked, bound to the tenant the host names.
+/// `Ok(None)` = no session (the reason is logged and counted, a tenant mismatch audited; the
+/// token never is). `Err`: a verified token whose revocations cannot be known yet (a replica
+/// whose Redis load has not happened): refused rather than honoured blindly.
 pub async fn authenticate(
     verifier: &Verifier,
+    revocations: &Revocations,
     site: &SiteConfig,
     req: &RequestHeader,
     host: &str,
     auditor: &Auditor,
-) -> Option<Session> {
+) -> Result<Option<Session>, Refusal> {
     let token = match session_cookie(req, &verifier.config.cookie) {
-        SessionCookie::Absent => return None,
+        SessionCookie::Absent => return Ok(None),
         SessionCookie::Conflict => {
             METRICS.cookie_conflicts.inc();
             tracing::warn!(site = %site.name, "several different session cookies: no session");
-            return None;
+            return Ok(None);
         }
         SessionCookie::One(t) => t,
     };
-    let mut identity = match verifier.verify_fresh(&token).await {
-        Ok(id) => id,
+    let refused = |e: &TokenError| {
+        METRICS.token_rejected.with_label_values(&[e.label()]).inc();
+        tracing::info!(site = %site.name, reason = %e, "session cookie refused");
+    };
+    let (mut identity, expired) = match verifier.verify_fresh(&token).await {
+        Ok(id) => (id, false),
+        Err(TokenError::ExpiredImpersonation(id)) => {
+            refused(&TokenError::Expired);
+            (*id, true)
+        }
         Err(e) => {
-            METRICS.token_rejected.with_label_values(&[e.label()]).inc();
-            tracing::info!(site = %site.name, reason = %e, "session cookie refused");
-            return None;
+            refused(&e);
+            return Ok(None);
         }
     };
+    // Checked on every request, verified-token cache hits included.
+    if !revocations.ready().await {
+        return Err(revocations_unavailable());
+    }
+    if let Some(kind) = revocations.revoked(
+        identity.jti.as_deref(),
+        identity.session_id.as_deref(),
+        &identity.user_id,
+        identity.iat,
+    ) {
+        refused(&TokenError::Revoked(kind.label()));
+        return Ok(None);
+    }
     if let Some(pattern) = &site.tenant_from_host {
         let host_tenant = pattern.tenant(host);
         let bound = matches!((host_tenant, &identity.tenant_id),
@@ -162,19 +225,25 @@ pub async fn authenticate(
                 host_tenant.unwrap_or("(none)")
             ));
             auditor.emit(ev);
-            return None;
+            return Ok(None);
         }
         // The binding compares case-insensitively; the app gets the host's (lower-case) form,
         // so one tenant never reaches it under two spellings.
         identity.tenant_id = host_tenant.map(str::to_string);
     }
-    Some(Session { identity, token })
+    Ok(Some(Session {
+        identity,
+        token,
+        expired,
+    }))
 }
 
 /// Verifies tokens against one `[token]` config.
 pub struct Verifier {
     config: TokenConfig,
     validation: Validation,
+    /// The same checks but `exp`: to tell an expired impersonation token from a bad one.
+    expired_ok: Validation,
     jwks: Option<Jwks>,
     /// Tokens already verified with a fixed key, until their expiry (at most
     /// `VERIFIED_TTL`): a session's requests skip the HMAC/RSA and JSON work. Not used with a
@@ -226,8 +295,11 @@ impl Verifier {
             KeySource::Jwks(url) => Some(Jwks::new(url.clone())),
             KeySource::Static(_) => None,
         };
+        let mut expired_ok = validation.clone();
+        expired_ok.validate_exp = false;
         Verifier {
             config: config.clone(),
+            expired_ok,
             validation,
             verified: jwks.is_none().then(|| {
                 moka::sync::Cache::builder()
@@ -264,33 +336,29 @@ impl Verifier {
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Identity, TokenError> {
-        let key = match (&self.config.key, &self.jwks) {
-            (KeySource::Static(k), _) => k.clone(),
-            (KeySource::Jwks(_), Some(jwks)) => {
-                let header =
-                    jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-                if !self.config.algorithms.contains(&header.alg) {
-                    return Err(TokenError::Algorithm);
-                }
-                jwks.key(header.kid.as_deref())
-                    .ok_or(TokenError::UnknownKey)?
+        let key = key_for(
+            token,
+            &self.config.key,
+            self.jwks.as_ref(),
+            &self.config.algorithms,
+        )?;
+        let data = match decode::<Value>(token, &key, &self.validation) {
+            Ok(data) => data,
+            Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                // Signature, issuer, audience and nbf hold: only the expiry is past. For an
+                // impersonation token that is step 7's business.
+                let data = decode::<Value>(token, &key, &self.expired_ok)
+                    .map_err(|_| TokenError::Expired)?;
+                return match claims::identity(&self.config, &data.claims) {
+                    Ok(id) if id.impersonation.is_some() => {
+                        Err(TokenError::ExpiredImpersonation(Box::new(id)))
+                    }
+                    _ => Err(TokenError::Expired),
+                };
             }
-            (KeySource::Jwks(_), None) => return Err(TokenError::UnknownKey),
+            Err(e) => return Err(token_error(&e)),
         };
-        let data = decode::<Value>(token, &key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::Signature,
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::UnsupportedAlgorithm => TokenError::Algorithm,
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidIssuer => TokenError::Issuer,
-            ErrorKind::InvalidAudience => TokenError::Audience,
-            ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
-            ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaim(c.clone()),
-            _ => TokenError::Malformed,
-        })?;
-        identity(&self.config, &data.claims)
+        claims::identity(&self.config, &data.claims)
     }
 
     /// `verify`, and for a JWKS key unknown so far: refresh the set (rate-limited) and retry.
@@ -307,6 +375,45 @@ impl Verifier {
     }
 }
 
+/// The key that verifies `token`: the fixed one, or the JWKS key its `kid` names (its `alg`
+/// must be allowed; the key set is what is at hand, see [`Verifier::verify_fresh`]).
+fn key_for(
+    token: &str,
+    source: &KeySource,
+    jwks: Option<&Jwks>,
+    algorithms: &[jsonwebtoken::Algorithm],
+) -> Result<jsonwebtoken::DecodingKey, TokenError> {
+    match (source, jwks) {
+        (KeySource::Static(k), _) => Ok(k.clone()),
+        (KeySource::Jwks(_), Some(jwks)) => {
+            let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+            if !algorithms.contains(&header.alg) {
+                return Err(TokenError::Algorithm);
+            }
+            jwks.key(header.kid.as_deref())
+                .ok_or(TokenError::UnknownKey)
+        }
+        (KeySource::Jwks(_), None) => Err(TokenError::UnknownKey),
+    }
+}
+
+/// A jsonwebtoken failure, as the proxy labels it.
+fn token_error(e: &jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm => TokenError::Algorithm,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::Issuer,
+        ErrorKind::InvalidAudience => TokenError::Audience,
+        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => TokenError::InvalidClaim(c.clone()),
+        _ => TokenError::Malformed,
+    }
+}
+
 /// Cheap checks before any base64 or crypto: size and the compact-JWS alphabet.
 pub fn precheck(token: &str) -> Result<(), TokenError> {
     if token.len() > MAX_TOKEN_LEN {
@@ -320,110 +427,6 @@ pub fn precheck(token: &str) -> Result<(), TokenError> {
         return Err(TokenError::Malformed);
     }
     Ok(())
-}
-
-fn lookup<'v>(claims: &'v Value, path: &[String]) -> Option<&'v Value> {
-    let mut v = claims;
-    for key in path {
-        v = v.get(key)?;
-    }
-    (!v.is_null()).then_some(v)
-}
-
-/// A claim value as the token has it: a string or a number; empty or blank, or holding control
-/// characters (CR/LF included), it rejects the token. Kept raw: encoded only for headers.
-fn claim_string(name: &str, v: &Value) -> Result<String, TokenError> {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        // Whole numbers only: a fraction or an integer beyond 64 bits is a float here, and two
-        // different ids would read alike after rounding.
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-        _ => return Err(TokenError::InvalidClaim(name.to_string())),
-    };
-    if s.trim().is_empty() || s.chars().any(|c| c.is_control()) {
-        return Err(TokenError::InvalidClaim(name.to_string()));
-    }
-    Ok(s)
-}
-
-/// The latest time a token may name: 9999-12-31T23:59:59Z. Anything later is a mistake (a time
-/// in milliseconds reads as the year 58000) and is refused, so no time computation downstream
-/// can overflow.
-pub const MAX_TIME: u64 = 253_402_300_799;
-
-/// A NumericDate claim (`exp`, `nbf`, `iat`): absent, or a whole number of seconds between 0 and
-/// `MAX_TIME`. A fraction, a string or an absurd time rejects the token.
-fn time_claim(claims: &Value, name: &str) -> Result<Option<u64>, TokenError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(t) if t <= MAX_TIME => Ok(Some(t)),
-            _ => Err(TokenError::InvalidClaim(name.to_string())),
-        },
-    }
-}
-
-fn optional(claims: &Value, path: &[String], name: &str) -> Result<Option<String>, TokenError> {
-    lookup(claims, path)
-        .map(|v| claim_string(name, v))
-        .transpose()
-}
-
-fn roles(claims: &Value, path: &[String]) -> Result<Option<String>, TokenError> {
-    let bad = || TokenError::InvalidClaim("roles".into());
-    let list: Vec<&Value> = match lookup(claims, path) {
-        None => return Ok(None),
-        Some(Value::Array(items)) => items.iter().collect(),
-        Some(v @ Value::String(_)) => vec![v],
-        Some(_) => return Err(bad()),
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for v in list {
-        let role = claim_string("roles", v)?;
-        if role.contains(',') || role.chars().any(char::is_whitespace) {
-            return Err(bad());
-        }
-        out.push(role);
-    }
-    Ok(Some(out.join(",")))
-}
-
-fn identity(config: &TokenConfig, claims: &Value) -> Result<Identity, TokenError> {
-    time_claim(claims, "nbf")?;
-    let paths = &config.claims;
-    let user_id = match lookup(claims, &paths.user_id) {
-        Some(v) => claim_string("user_id", v)?,
-        None => return Err(TokenError::MissingClaim(paths.user_id.join("."))),
-    };
-    let impersonation = match lookup(claims, &paths.impersonation) {
-        None => None,
-        Some(Value::Object(_)) => {
-            let imp = lookup(claims, &paths.impersonation).unwrap_or(&Value::Null);
-            let field = |k: &str| -> Result<Option<String>, TokenError> {
-                imp.get(k)
-                    .filter(|v| !v.is_null())
-                    .map(|v| claim_string(&format!("imp.{k}"), v))
-                    .transpose()
-            };
-            let sid = field("sid")?.ok_or_else(|| TokenError::MissingClaim("imp.sid".into()))?;
-            Some(Impersonation {
-                sid,
-                admin_id: field("admin_id")?,
-                admin_email: field("admin_email")?,
-                reason: field("reason")?,
-            })
-        }
-        Some(_) => return Err(TokenError::InvalidClaim("imp".into())),
-    };
-    Ok(Identity {
-        user_id,
-        tenant_id: optional(claims, &paths.tenant_id, "tenant_id")?,
-        email: optional(claims, &paths.email, "email")?,
-        roles: roles(claims, &paths.roles)?,
-        impersonation,
-        exp: time_claim(claims, "exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?,
-        iat: time_claim(claims, "iat")?,
-    })
 }
 
 #[cfg(test)]
@@ -492,7 +495,7 @@ mod tests {
             ),
             (
                 json!({"sub": "u\r\n1", "exp": now() + 60}),
-                TokenError::InvalidClaim("user_id".into()),
+                TokenError::InvalidClaim("sub".into()),
             ),
             (
                 json!({"sub": "u1", "roles": ["a,b"], "exp": now() + 60}),
@@ -544,7 +547,7 @@ mod tests {
                 json!({"sub": "u1", "exp": now() + 600, "iat": 1.5}),
                 invalid("iat"),
             ),
-            (json!({"sub": " ", "exp": now() + 600}), invalid("user_id")),
+            (json!({"sub": " ", "exp": now() + 600}), invalid("sub")),
             (
                 json!({"sub": "u1", "tenant_id": "\t ", "exp": now() + 600}),
                 invalid("tenant_id"),

@@ -6,7 +6,7 @@ use super::{HOST, Resp, Sidecar, send};
 pub const BANNER_START: &str = "<div id=\"sessiongate-banner\"";
 pub const END_PATH: &str = "/.sessiongate/end-impersonation";
 /// The body of the answer to an API call with an ended impersonation.
-pub const ENDED_BODY: &str = r#"{"error":"impersonation_ended"}"#;
+pub const ENDED_BODY: &str = r#"{"error":"impersonation_ended","code":"IMPERSONATION_ENDED"}"#;
 
 pub const BODY_TAG: &str = "<body class=\"app\" data-page=\"orders\">";
 

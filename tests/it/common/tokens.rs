@@ -154,6 +154,7 @@ pub fn impersonated_identity(sid: &str) -> Vec<(String, String)> {
     let mut v = user_identity();
     v.extend(pairs(&[
         ("x-auth-impersonation-session", sid),
+        ("x-auth-impersonation-mode", "read_write"),
         ("x-auth-impersonator-id", "admin-7"),
         ("x-auth-impersonator-email", "root@nixtech.app"),
     ]));
