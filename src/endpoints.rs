@@ -48,11 +48,25 @@ pub async fn reserved(r: Reserved<'_>, session: &mut Session) -> Result<LocalRes
     match r.path.path.as_str() {
         p if p == csp::END_PATH => end_impersonation(&r, session).await,
         BACKCHANNEL_LOGOUT_PATH => backchannel_logout(&r, session).await,
+        JWKS_PATH => {
+            let Some(assertions) = &r.snap.assertions else {
+                return Err(Refusal::not_found());
+            };
+            if !matches!(method.as_str(), "GET" | "HEAD") {
+                return Err(Refusal::method_not_allowed("GET"));
+            }
+            Ok(LocalResponse::json(200, assertions.jwks())
+                .header("cache-control", JWKS_CACHE.into()))
+        }
         _ => Err(Refusal::not_found()),
     }
 }
 
 pub const BACKCHANNEL_LOGOUT_PATH: &str = "/.sessiongate/backchannel-logout";
+/// The assertion keys, on every site.
+pub const JWKS_PATH: &str = "/.sessiongate/jwks.json";
+/// Apps cache the keys this long; a rotation keeps the previous key published longer.
+const JWKS_CACHE: &str = "public, max-age=300";
 
 /// `POST /.sessiongate/backchannel-logout` (OIDC Back-Channel Logout 1.0): the form field
 /// `logout_token`, verified, becomes a `sid` revocation (or, naming only `sub`, a "sign out
@@ -469,6 +483,21 @@ impl ServeHttp for AdminApp {
             ("GET", "/healthz") => plain(200, "text/plain", b"ok\n".to_vec()),
             ("GET", "/readyz") => self.readyz(),
             ("GET", "/metrics") => plain(200, "text/plain; version=0.0.4", METRICS.render()),
+            ("GET" | "HEAD", "/jwks.json") => match &self.shared.snapshot().assertions {
+                Some(a) => {
+                    let mut r = plain(200, "application/json", a.jwks().to_vec());
+                    r.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static(JWKS_CACHE),
+                    );
+                    r
+                }
+                None => plain(
+                    404,
+                    "application/json",
+                    br#"{"error":"not_found"}"#.to_vec(),
+                ),
+            },
             (m, p) if revoke_sid(p).is_some() => {
                 if m != "POST" {
                     return plain(
@@ -485,7 +514,7 @@ impl ServeHttp for AdminApp {
                 self.revoke(&sid, auth.as_deref()).await
             }
             ("POST", "/revocations") => self.revoke_sessions(session).await,
-            (_, "/healthz" | "/readyz" | "/metrics" | "/revocations") => plain(
+            (_, "/healthz" | "/readyz" | "/metrics" | "/revocations" | "/jwks.json") => plain(
                 405,
                 "application/json",
                 br#"{"error":"method_not_allowed"}"#.to_vec(),

@@ -25,6 +25,7 @@ pub struct IdentityHeaders {
     pub imp_id: String,
     pub imp_email: String,
     pub imp_mode: String,
+    pub assertion: String,
 }
 
 impl IdentityHeaders {
@@ -40,6 +41,7 @@ impl IdentityHeaders {
             imp_id: n("Impersonator-Id"),
             imp_email: n("Impersonator-Email"),
             imp_mode: n("Impersonation-Mode"),
+            assertion: n("Assertion"),
         }
     }
 
@@ -349,6 +351,8 @@ pub struct Forward<'a> {
     pub identity: Option<&'a Identity>,
     /// The impersonation was found live: its headers go up too, with its mode.
     pub impersonating: Option<Mode>,
+    /// The signed assertion of the identity (`[assertion]`).
+    pub assertion: Option<&'a str>,
 }
 
 /// Step 10: the upstream request. Origin-form target with the client's Host (HTTP/2 has only
@@ -373,6 +377,9 @@ pub fn prepare_upstream(up: &mut RequestHeader, f: &Forward<'_>) -> pingora::Res
     set_forwarded(up, f.client, f.host)?;
     if let Some(id) = f.identity {
         inject(up, f.names, id, f.impersonating)?;
+        if let Some(a) = f.assertion {
+            up.insert_header(f.names.assertion.clone(), a)?;
+        }
     }
     Ok(())
 }

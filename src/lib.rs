@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod audit;
 pub mod banner;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod revocation;
+pub mod signing;
 pub mod site;
 pub mod state;
 pub mod sync;

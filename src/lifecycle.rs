@@ -99,6 +99,9 @@ impl Lifecycle {
                 files.push(key.clone());
             }
         }
+        if let Some(a) = &snap.config.assertion {
+            files.extend(a.files.iter().cloned());
+        }
         files
     }
 

@@ -295,6 +295,19 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let site = ctx.site()?;
+        let assertion = match (&ctx.snap.assertions, &ctx.session) {
+            (Some(issuer), Some(s)) => {
+                let acting = crate::assertion::Acting {
+                    impersonating: ctx.impersonating,
+                    read_only: ctx.read_only,
+                };
+                let signed = issuer
+                    .issue(&s.token, &s.identity, &ctx.host.host, acting)
+                    .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+                Some(signed)
+            }
+            _ => None,
+        };
         let forward = Forward {
             authority: &ctx.host.authority,
             host: &ctx.host.host,
@@ -310,6 +323,7 @@ impl ProxyHttp for Proxy {
             impersonating: ctx
                 .impersonating
                 .then_some(headers::Mode::of(ctx.read_only)),
+            assertion: assertion.as_deref(),
         };
         headers::prepare_upstream(upstream, &forward)?;
         banner::prepare_upstream_request(upstream, ctx.impersonating && site.banner)

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub csrf: CsrfKey,
     pub router: Router<Arc<SiteConfig>>,
     pub verifier: Verifier,
+    /// `[assertion]`'s issuer and its cache (a reload starts afresh with the new key).
+    pub assertions: Option<crate::assertion::Assertions>,
     /// `[backchannel_logout]`'s verifier, when logout tokens are accepted.
     pub logout: Option<LogoutVerifier>,
     pub names: IdentityHeaders,
@@ -49,6 +51,10 @@ impl Snapshot {
             router: Router::new(config.sites.iter().map(|s| (&s.host, s.clone()))),
             verifier: Verifier::new(&config.token),
             logout: config.backchannel_logout.as_ref().map(LogoutVerifier::new),
+            assertions: config
+                .assertion
+                .as_ref()
+                .map(crate::assertion::Assertions::new),
             names: IdentityHeaders::new(&config.header_prefix),
             config,
         }

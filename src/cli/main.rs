@@ -184,6 +184,9 @@ fn token(cmd: TokenCommand) -> ExitCode {
             };
             println!("header: {}", show(&i.header));
             println!("claims: {}", show(&i.claims));
+            for (field, value, from) in &i.fields {
+                println!("field: {field} = {value:?} (from {from})");
+            }
             for n in &i.notes {
                 println!("note: {n}");
             }

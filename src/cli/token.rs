@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Map, Value, json};
 use sessiongate::config::Config;
 use sessiongate::site::{Router, normalize_host};
-use sessiongate::token::{MAX_TOKEN_LEN, TokenError, Verifier, now, precheck};
+use sessiongate::token::{MAX_TOKEN_LEN, TokenError, Verifier, explain_claims, now, precheck};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -124,6 +124,8 @@ pub struct Inspection {
     /// `None`: accepted.
     pub refusal: Option<String>,
     pub notes: Vec<String>,
+    /// Each identity field the claim mapping found: (field, value, the path it came from).
+    pub fields: Vec<(&'static str, String, String)>,
 }
 
 fn decode_part(part: &str) -> Option<Value> {
@@ -146,12 +148,35 @@ pub fn inspect(config: &Config, token: &str, host: Option<&str>) -> Inspection {
     let claims = parts.next().and_then(decode_part);
     let mut notes = Vec::new();
     let refusal = explain(config, token, host, claims.as_ref(), &mut notes);
+    let fields = claims
+        .as_ref()
+        .map(|c| mapped_fields(config, c))
+        .unwrap_or_default();
     Inspection {
         header,
         claims,
         refusal,
         notes,
+        fields,
     }
+}
+
+/// Which `[token.claims]` path produced each identity field, with its value.
+fn mapped_fields(config: &Config, claims: &Value) -> Vec<(&'static str, String, String)> {
+    let (_, provenance) = explain_claims(&config.token, claims);
+    provenance
+        .into_iter()
+        .map(|(field, path)| {
+            let pointer = format!("/{}", path.replace('.', "/"));
+            let value = claims
+                .pointer(&pointer)
+                .map_or_else(String::new, |v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            (field, value, path)
+        })
+        .collect()
 }
 
 fn explain(
@@ -222,6 +247,12 @@ fn explain(
                     claims
                         .and_then(|c| c.get("aud"))
                         .map_or("none".into(), Value::to_string)
+                ),
+                TokenError::MissingClaim(paths) => format!(
+                    "claims: the token has none of {paths} ([token.claims] says where each field lives)"
+                ),
+                TokenError::InvalidClaim(path) => format!(
+                    "claims: {path} holds a value no header can carry (empty, control characters, or not a string)"
                 ),
                 other => format!("{}: {other}", other.label()),
             });
@@ -297,6 +328,50 @@ mod tests {
     }
 
     const KEY: &[u8] = b"s3cret";
+
+    #[test]
+    fn inspect_shows_which_path_gave_each_field_of_an_rfc8693_token() {
+        let env: HashMap<String, String> = [("S".to_string(), "s3cret".to_string())].into();
+        let config = Config::parse(
+            "[token]\nsecret_env = \"S\"\n[token.claims]\nimpersonation = \"act\"\nimpersonator_id = \"act.sub\"\nimpersonator_email = \"act.email\"\nimpersonation_sid = [\"act.sid\", \"sid\"]\n[[site]]\nhost = \"a.example\"\nupstream = \"127.0.0.1:1\"\n",
+            "t.toml",
+            &env,
+        )
+        .expect("config");
+        let claims = json!({
+            "sub": "u-1",
+            "exp": now() + 600,
+            "sid": "s-9",
+            "act": {"sub": "admin-7", "email": "root@example.com", "act": {"sub": "earlier"}},
+        });
+        let key = EncodingKey::from_secret(KEY);
+        let t = encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign");
+        let i = inspect(&config, &t, None);
+        assert_eq!(i.refusal, None);
+        let field = |name: &str| {
+            i.fields
+                .iter()
+                .find(|f| f.0 == name)
+                .map(|f| (f.1.clone(), f.2.clone()))
+        };
+        assert_eq!(field("user_id"), Some(("u-1".into(), "sub".into())));
+        assert_eq!(
+            field("impersonator_id"),
+            Some(("admin-7".into(), "act.sub".into())),
+            "the outermost actor counts"
+        );
+        assert_eq!(
+            field("impersonation_sid"),
+            Some(("s-9".into(), "sid".into())),
+            "the first path the token has"
+        );
+        // No sid anywhere: refused, and the reason names the paths tried.
+        let mut no_sid = claims.clone();
+        no_sid.as_object_mut().map(|o| o.remove("sid"));
+        let t = encode(&Header::new(Algorithm::HS256), &no_sid, &key).expect("sign");
+        let r = inspect(&config, &t, None).refusal.expect("refused");
+        assert!(r.contains("act.sid, sid"), "{r}");
+    }
 
     #[test]
     fn minted_tokens_are_accepted_and_bound() {

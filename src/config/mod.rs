@@ -48,6 +48,8 @@ pub struct Config {
     pub banner: BannerConfig,
     pub audit: AuditSink,
     pub audit_queue: usize,
+    /// `[assertion]`, when the proxy signs an assertion for the apps.
+    pub assertion: Option<AssertionConfig>,
     /// `[backchannel_logout]`, when logout tokens are accepted.
     pub backchannel_logout: Option<LogoutConfig>,
     /// Shared handles: a request keeps the site it was routed to, whatever reloads meanwhile.
@@ -109,6 +111,16 @@ impl fmt::Debug for TokenConfig {
             .field("leeway", &self.leeway)
             .finish_non_exhaustive()
     }
+}
+
+/// `[assertion]`, validated: the keys loaded, the issuer, the lifetime.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    pub keys: Arc<crate::signing::Keys>,
+    pub issuer: String,
+    pub ttl: Duration,
+    /// The key files, watched for a reload.
+    pub files: Vec<PathBuf>,
 }
 
 /// `[backchannel_logout]`: whose logout tokens are believed, and how they are verified.

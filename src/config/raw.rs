@@ -16,8 +16,24 @@ pub struct RawConfig {
     pub headers: RawHeaders,
     pub banner: RawBanner,
     pub audit: RawAudit,
+    pub assertion: Option<RawAssertion>,
     pub backchannel_logout: Option<RawBackchannel>,
     pub site: Vec<RawSite>,
+}
+
+/// `[assertion]`: the signed JWT for the apps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    pub key_file: String,
+    pub previous_public_key_file: Option<String>,
+    pub issuer: String,
+    #[serde(default = "default_assertion_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_assertion_ttl() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[backchannel_logout]`: OIDC Back-Channel Logout 1.0.

@@ -3,9 +3,9 @@
 
 use super::raw::{self, RawConfig, RawSite, RawUnauthenticated};
 use super::{
-    AdminConfig, AuditSink, BannerConfig, ClaimPath, ClaimPaths, Config, ConfigError, Env,
-    KeySource, LivenessConfig, LogoutConfig, Secret, SiteConfig, TlsListener, TokenConfig,
-    Upstream, UpstreamTls,
+    AdminConfig, AssertionConfig, AuditSink, BannerConfig, ClaimPath, ClaimPaths, Config,
+    ConfigError, Env, KeySource, LivenessConfig, LogoutConfig, Secret, SiteConfig, TlsListener,
+    TokenConfig, Upstream, UpstreamTls,
 };
 use crate::policy::{PathRule, RouteRule, SitePolicy, Unauthenticated};
 use crate::site::{HostPattern, TenantPattern, is_host_char};
@@ -25,6 +25,9 @@ pub fn validate(raw: RawConfig, env: &dyn Env) -> (Option<Config>, Vec<ConfigErr
     let config = v.config(raw);
     (config, v.errors)
 }
+
+/// The longest `assertion.ttl`: an assertion is a proof of the moment, not a session.
+const MAX_ASSERTION_TTL: Duration = Duration::from_secs(600);
 
 struct Validator<'a> {
     env: &'a dyn Env,
@@ -138,6 +141,7 @@ impl Validator<'_> {
             }
         };
         let liveness = self.liveness(raw.liveness);
+        let assertion = raw.assertion.map(|a| self.assertion(a));
         let backchannel_logout = raw.backchannel_logout.map(|b| self.backchannel_logout(b));
         let header_prefix = self.header_prefix(&raw.headers.prefix);
         let banner = self.banner(raw.banner);
@@ -187,6 +191,10 @@ impl Validator<'_> {
             banner: banner?,
             audit: audit?,
             audit_queue: raw.audit.queue,
+            assertion: match assertion {
+                Some(a) => Some(a?),
+                None => None,
+            },
             backchannel_logout: match backchannel_logout {
                 Some(b) => Some(b?),
                 None => None,
@@ -471,6 +479,50 @@ impl Validator<'_> {
         }
     }
 
+    /// `[assertion]`: the key files loaded now (a bad key fails the load, not a request).
+    fn assertion(&mut self, a: raw::RawAssertion) -> Option<AssertionConfig> {
+        if a.issuer.is_empty() {
+            self.err(
+                "assertion.issuer",
+                "must name this proxy (the assertions' iss)",
+            );
+        }
+        if a.ttl > MAX_ASSERTION_TTL {
+            self.err("assertion.ttl", "must be at most 10m");
+        }
+        if a.ttl < Duration::from_secs(2) {
+            self.err(
+                "assertion.ttl",
+                "must be at least 2s (an assertion is reused for half its life)",
+            );
+        }
+        let key_file = PathBuf::from(&a.key_file);
+        let previous = a.previous_public_key_file.as_ref().map(PathBuf::from);
+        let keys = match crate::signing::Keys::load(&key_file, previous.as_deref()) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let key = if previous
+                    .as_ref()
+                    .is_some_and(|p| e.contains(&p.display().to_string()))
+                {
+                    "assertion.previous_public_key_file"
+                } else {
+                    "assertion.key_file"
+                };
+                self.err(key, e);
+                None
+            }
+        };
+        let mut files = vec![key_file];
+        files.extend(previous);
+        Some(AssertionConfig {
+            keys: Arc::new(keys?),
+            issuer: a.issuer,
+            ttl: a.ttl,
+            files,
+        })
+    }
+
     /// `[backchannel_logout]`: the identity provider whose logout tokens are believed.
     fn backchannel_logout(&mut self, b: raw::RawBackchannel) -> Option<LogoutConfig> {
         let algorithms = self.algorithms("backchannel_logout", &b.algorithms);
@@ -590,11 +642,14 @@ impl Validator<'_> {
     }
 
     fn liveness(&mut self, l: raw::RawLiveness) -> Option<LivenessConfig> {
-        if !l.url.contains("{sid}") {
-            self.err("liveness.url", "must contain {sid}");
+        // Without a backend (`enabled = false`) the URLs are never called.
+        if l.enabled {
+            if !l.url.contains("{sid}") {
+                self.err("liveness.url", "must contain {sid}");
+            }
+            self.http_url("liveness.url", &l.url.replace("{sid}", "sid"));
+            self.http_url("liveness.end_url", &l.end_url.replace("{sid}", "sid"));
         }
-        self.http_url("liveness.url", &l.url.replace("{sid}", "sid"));
-        self.http_url("liveness.end_url", &l.end_url.replace("{sid}", "sid"));
         let bearer = l
             .bearer_env
             .as_deref()

@@ -167,8 +167,12 @@ impl LivenessChecker {
         &self.http
     }
 
-    /// `POST end_url` for this sid (see [`backend::end`]).
+    /// `POST end_url` for this sid (see [`backend::end`]). Without a backend (`enabled =
+    /// false`) there is nothing to tell: the proxy's own mark is the end.
     pub async fn end(&self, cfg: &LivenessConfig, sid: &str, cookie: &str) -> Result<(), String> {
+        if !cfg.enabled {
+            return Ok(());
+        }
         backend::end(&self.http, cfg, sid, cookie).await
     }
 
