@@ -35,6 +35,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub connections_refused: IntCounter,
     pub revocations: IntGaugeVec,
+    pub access_log_dropped: IntCounter,
+    pub trace_spans_dropped: IntCounter,
     pub revocations_evicted: IntCounter,
 }
 
@@ -234,6 +236,16 @@ impl Metrics {
                 "sessiongate_revocations",
                 "Session revocations this replica remembers, by kind (jti, sid, sub)",
                 &["kind"],
+            ),
+            access_log_dropped: counter(
+                &registry,
+                "sessiongate_access_log_dropped_total",
+                "Access log lines dropped because the sink queue was full or the sink failed",
+            ),
+            trace_spans_dropped: counter(
+                &registry,
+                "sessiongate_trace_spans_dropped_total",
+                "Trace spans dropped because the export queue was full or the collector failed",
             ),
             revocations_evicted: counter(
                 &registry,
