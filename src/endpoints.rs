@@ -2,6 +2,7 @@
 //! reach an upstream), and the admin listener (`/healthz`, `/readyz`, `/metrics`, revoke),
 //! which is never served on the public one.
 
+use crate::audit::Scope;
 use crate::banner::csp;
 use crate::config::SiteConfig;
 use crate::liveness::{self, Liveness};
@@ -26,6 +27,19 @@ pub struct Reserved<'a> {
     pub site: Option<&'a SiteConfig>,
     pub host: &'a RequestHost,
     pub path: &'a CanonicalPath,
+    pub request_id: &'a str,
+    pub trace_id: Option<&'a str>,
+}
+
+impl Reserved<'_> {
+    /// The auditor for events this request causes.
+    fn scope(&self) -> Scope<'_> {
+        Scope {
+            auditor: &self.shared.auditor,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+        }
+    }
 }
 
 /// Answers a request under the reserved prefix.
@@ -82,8 +96,12 @@ async fn backchannel_logout(
         return Err(Refusal::method_not_allowed("POST"));
     }
     let invalid = |message: &str| {
-        let body = serde_json::json!({ "error": "invalid_logout_token", "message": message });
-        Ok(LocalResponse::json(400, body.to_string()))
+        Err(Refusal::error(
+            400,
+            "invalid_logout_token",
+            message.to_string(),
+            "reserved",
+        ))
     };
     let Ok(body) = read_body(session).await else {
         return invalid("the body is missing, unreadable or larger than 16 KiB");
@@ -118,7 +136,7 @@ async fn backchannel_logout(
         (None, Some(sub)) => Revocation::new(Kind::Sub, sub, Some(now), now, retention),
         (None, None) => return invalid("the token names neither sid nor sub"),
     };
-    record_revocation(r.shared, revocation, "backchannel_logout");
+    record_revocation(r.shared, revocation, "backchannel_logout", Some(r.scope()));
     Ok(LocalResponse::json(200, r#"{"revoked":true}"#))
 }
 
@@ -218,7 +236,7 @@ async fn end_impersonation(
         site,
         req,
         &r.host.host,
-        &r.shared.auditor,
+        &r.scope(),
     )
     .await?
     else {
@@ -296,7 +314,7 @@ async fn end_impersonation(
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string());
-    r.shared.auditor.emit(ev);
+    r.scope().emit(ev);
     let clear = token::clearing_cookie(&cfg.token);
     Ok(if json_client {
         LocalResponse::json(200, r#"{"ended":true}"#).header("set-cookie", clear)
@@ -361,8 +379,9 @@ fn json_error(status: u16, error: &str, message: &str) -> Response<Vec<u8>> {
 }
 
 /// Records a session revocation made on this replica (admin or back-channel logout): applied at
-/// once, sent to the other replicas, audited as `session.revoked`.
-pub fn record_revocation(shared: &Shared, r: Revocation, by: &str) {
+/// once, sent to the other replicas, audited as `session.revoked` (with the request's ids when a
+/// public request made it).
+pub fn record_revocation(shared: &Shared, r: Revocation, by: &str, scope: Option<Scope<'_>>) {
     let mut ev = crate::audit::AuditEvent::new("session.revoked", "-");
     ev.kind = Some(r.kind.label());
     ev.value = Some(r.value.clone());
@@ -370,7 +389,10 @@ pub fn record_revocation(shared: &Shared, r: Revocation, by: &str) {
     ev.reason = Some(by.to_string());
     tracing::info!(kind = r.kind.label(), by, "session revoked");
     shared.revocations.revoke(r);
-    shared.auditor.emit(ev);
+    match scope {
+        Some(scope) => scope.emit(ev),
+        None => shared.auditor.emit(ev),
+    }
 }
 
 impl AdminApp {
@@ -465,7 +487,7 @@ impl AdminApp {
         let retention = snap.config.token.revocation_retention;
         match Revocation::from_request(&body, token::now(), retention) {
             Ok(r) => {
-                record_revocation(&self.shared, r, "admin");
+                record_revocation(&self.shared, r, "admin", None);
                 plain(200, "application/json", br#"{"revoked":true}"#.to_vec())
             }
             Err(problem) => json_error(400, "bad_request", &problem),

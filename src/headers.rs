@@ -60,6 +60,79 @@ fn fold(s: &str) -> String {
     s.bytes().map(|b| fold_byte(b) as char).collect()
 }
 
+/// The longest `X-Request-Id` kept from a trusted peer.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Step 10's request id: a trusted peer's `X-Request-Id` when it is 1-128 visible ASCII
+/// characters, else a new random 128-bit id (32 hex digits).
+pub fn request_id(req: &RequestHeader, trusted: bool) -> String {
+    if trusted
+        && let Some(v) = req.headers.get(crate::response::REQUEST_ID)
+        && (1..=MAX_REQUEST_ID).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        && req
+            .headers
+            .get_all(crate::response::REQUEST_ID)
+            .iter()
+            .count()
+            == 1
+    {
+        return String::from_utf8_lossy(v.as_bytes()).into_owned();
+    }
+    new_request_id()
+}
+
+/// 128 random bits, hex. A failing random source still gives a unique-enough id (time and a
+/// counter): an id is for finding lines, not a secret.
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for x in b {
+        out.push(HEX[usize::from(x >> 4)] as char);
+        out.push(HEX[usize::from(x & 15)] as char);
+    }
+    out
+}
+
+/// The effective client address: the peer, or, behind trusted proxies, the rightmost
+/// `X-Forwarded-For` address that is not one of them (what the nearest untrusted hop was).
+pub fn effective_client(
+    req: &RequestHeader,
+    client: &Client,
+    trusts: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    if !client.trusted {
+        return client.peer;
+    }
+    let mut nearest = client.peer;
+    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return nearest;
+        };
+        for part in text.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>() else {
+                return nearest;
+            };
+            let ip = ip.to_canonical();
+            if !trusts(ip) {
+                return Some(ip);
+            }
+            nearest = Some(ip);
+        }
+    }
+    nearest
+}
+
 /// The forwarding headers: set from the proxy's own view, or, from a trusted peer (a load
 /// balancer in `listen.trusted_proxies`), kept (`X-Forwarded-For` gets the peer appended).
 const FORWARDING: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
@@ -353,6 +426,8 @@ pub struct Forward<'a> {
     pub impersonating: Option<Mode>,
     /// The signed assertion of the identity (`[assertion]`).
     pub assertion: Option<&'a str>,
+    /// Step 10's `X-Request-Id`.
+    pub request_id: &'a str,
 }
 
 /// Step 10: the upstream request. Origin-form target with the client's Host (HTTP/2 has only
@@ -375,6 +450,7 @@ pub fn prepare_upstream(up: &mut RequestHeader, f: &Forward<'_>) -> pingora::Res
     }
     remove_session_cookie(up, f.cookie_name, f.keep_cookie);
     set_forwarded(up, f.client, f.host)?;
+    up.insert_header(crate::response::REQUEST_ID, f.request_id)?;
     if let Some(id) = f.identity {
         inject(up, f.names, id, f.impersonating)?;
         if let Some(a) = f.assertion {

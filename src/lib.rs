@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod assertion;
 pub mod audit;
 pub mod banner;
@@ -20,6 +21,7 @@ pub mod endpoints;
 pub mod fanout;
 pub mod headers;
 pub mod lifecycle;
+pub mod lines;
 pub mod liveness;
 pub mod metrics;
 pub mod policy;
@@ -83,8 +85,32 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, Bui
     let tls_listen = config.tls.as_ref().map(|t| t.addr.to_string());
     let admin = config.admin.addr.to_string();
     let header_timeout = config.header_timeout;
-    let (auditor, writer) = audit::channel(config.audit.clone(), config.audit_queue);
-    let shared = Arc::new(state::Shared::new(config, auditor)?);
+    // The audit and access logs: one writer per distinct sink (both on stdout share one, so
+    // their lines never interleave mid-line).
+    let (audit_lines, audit_writer) = lines::channel(
+        config.audit.clone(),
+        config.audit_queue,
+        &metrics::METRICS.audit_dropped,
+    );
+    let mut writers = vec![audit_writer];
+    let access_lines = match &config.access_log {
+        None => None,
+        Some(sink) if *sink == config.audit => Some(audit_lines.clone()),
+        Some(sink) => {
+            let (l, w) = lines::channel(
+                sink.clone(),
+                config.audit_queue,
+                &metrics::METRICS.access_log_dropped,
+            );
+            writers.push(w);
+            Some(l)
+        }
+    };
+    let logs = state::Logs {
+        auditor: audit::Auditor::new(audit_lines),
+        access: access::AccessLog::new(access_lines),
+    };
+    let shared = Arc::new(state::Shared::new(config, logs)?);
 
     let mut app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -136,7 +162,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, Bui
 
     let lifecycle = pingora::services::background::background_service(
         "sessiongate lifecycle",
-        lifecycle::Lifecycle::new(shared, writer, config_path),
+        lifecycle::Lifecycle::new(shared, writers, config_path),
     );
     server.add_service(proxy);
     server.add_service(admin_service);

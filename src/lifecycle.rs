@@ -3,8 +3,8 @@
 //! process exits); SIGHUP, or a change to a file the config names, re-reads the config and swaps
 //! it in atomically.
 
-use crate::audit::AuditWriter;
 use crate::config::Config;
+use crate::lines::LineWriter;
 use crate::state::Shared;
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -41,19 +41,20 @@ impl ShutdownSignalWatch for Signals {
 
 pub struct Lifecycle {
     shared: Arc<Shared>,
-    writer: Arc<AuditWriter>,
+    /// The audit and access log writers.
+    writers: Vec<Arc<LineWriter>>,
     config_path: Option<PathBuf>,
 }
 
 impl Lifecycle {
     pub fn new(
         shared: Arc<Shared>,
-        writer: AuditWriter,
+        writers: Vec<LineWriter>,
         config_path: Option<PathBuf>,
     ) -> Lifecycle {
         Lifecycle {
             shared,
-            writer: Arc::new(writer),
+            writers: writers.into_iter().map(Arc::new).collect(),
             config_path,
         }
     }
@@ -81,7 +82,12 @@ impl Lifecycle {
                         Some(h) => h.recv().await,
                         None => std::future::pending().await,
                     }
-                } => tracing::info!("SIGHUP: reloading"),
+                } => {
+                    tracing::info!("SIGHUP: reloading, and reopening the log files");
+                    for w in &self.writers {
+                        w.reopen();
+                    }
+                }
                 () = watch.changed() => tracing::info!("a watched file changed: reloading"),
             }
             self.reload(&path).await;
@@ -152,8 +158,14 @@ impl Lifecycle {
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let writer = self.writer.clone();
-        let audit = tokio::spawn(async move { writer.run(stop_rx).await });
+        let logs: Vec<_> = self
+            .writers
+            .iter()
+            .map(|w| {
+                let (w, stop) = (w.clone(), stop_rx.clone());
+                tokio::spawn(async move { w.run(stop).await })
+            })
+            .collect();
         let snap = self.shared.snapshot();
         if let (Some(fanout), Some(url)) = (
             self.shared.fanout.clone(),
@@ -191,7 +203,8 @@ impl BackgroundService for Lifecycle {
             );
         }
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(7), audit).await;
+        let _ = tokio::time::timeout(Duration::from_secs(7), futures_util::future::join_all(logs))
+            .await;
         tracing::info!("stopped");
         std::process::exit(0);
     }

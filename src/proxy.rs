@@ -2,6 +2,8 @@
 //! pipeline (site -> token -> liveness -> policy -> headers -> banner -> audit). A stage that
 //! stops a request returns a [`Refusal`]; [`Proxy::refuse`] answers every one of them.
 
+use crate::access::{self, AccessLine};
+use crate::audit::Scope;
 use crate::banner::{self, Page, rewrite::BannerStream};
 use crate::config::SiteConfig;
 use crate::endpoints;
@@ -9,7 +11,7 @@ use crate::headers::{self, Client, Forward};
 use crate::liveness::{self, Admission, SocketGuard};
 use crate::metrics::METRICS;
 use crate::policy;
-use crate::response::{LocalResponse, Refusal, html_requested};
+use crate::response::{LocalResponse, REQUEST_ID, Refusal, html_requested};
 use crate::site::{self, RequestHost};
 use crate::state::{InflightGuard, Shared, Snapshot};
 use crate::tls;
@@ -49,6 +51,13 @@ pub struct Ctx {
     /// An upgraded (WebSocket) impersonating connection.
     socket: Option<Arc<SocketGuard>>,
     outcome: &'static str,
+    /// Step 10's request id.
+    request_id: String,
+    /// The trace this request belongs to (an incoming `traceparent`, or the proxy's own).
+    trace_id: Option<String>,
+    /// When the upstream exchange began, and how long its response head took.
+    upstream_started: Option<Instant>,
+    upstream_ms: Option<f64>,
     _inflight: InflightGuard,
 }
 
@@ -70,10 +79,6 @@ enum Admitted {
     Proxy,
     /// The proxy's own endpoint answered.
     Answer(LocalResponse),
-}
-
-fn peer_ip(session: &Session) -> Option<String> {
-    peer_addr(session).map(|ip| ip.to_string())
 }
 
 fn peer_addr(session: &Session) -> Option<std::net::IpAddr> {
@@ -109,13 +114,21 @@ impl Proxy {
     /// Steps 1-9.
     async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Admitted, Refusal> {
         let snap = ctx.snap.clone();
+        // Who sent it comes first: every answer, refusals included, carries the request id.
+        let served = tls::served_names(session);
+        let peer = peer_addr(session);
+        ctx.client = Client {
+            peer,
+            trusted: peer.is_some_and(|p| snap.config.trusts(p)),
+            tls: served.is_some(),
+        };
+        ctx.request_id = headers::request_id(session.req_header(), ctx.client.trusted);
         let raw_head = match session.as_downstream() {
             ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
             _ => None,
         };
         headers::check_framing(session.req_header(), raw_head.as_deref())?;
         ctx.host = site::request_host(session.req_header())?;
-        let served = tls::served_names(session);
         // On the TLS listener, a host the connection's certificate does not cover was meant for
         // another server (a reused connection, a client that ignores SNI).
         if served
@@ -124,12 +137,6 @@ impl Proxy {
         {
             return Err(Refusal::misdirected());
         }
-        let peer = peer_addr(session);
-        ctx.client = Client {
-            peer,
-            trusted: peer.is_some_and(|p| snap.config.trusts(p)),
-            tls: served.is_some(),
-        };
         ctx.site = snap.router.route(&ctx.host.host).cloned();
         let req = session.req_header();
         let path = policy::canonical_path(req.uri.path_and_query().map_or("/", |pq| pq.as_str()));
@@ -141,6 +148,8 @@ impl Proxy {
                 site: ctx.site.as_deref(),
                 host: &ctx.host,
                 path: &path,
+                request_id: &ctx.request_id,
+                trace_id: ctx.trace_id.as_deref(),
             };
             return endpoints::reserved(r, session).await.map(Admitted::Answer);
         }
@@ -152,7 +161,11 @@ impl Proxy {
             return Ok(Admitted::Proxy);
         }
         let req = session.req_header();
-        let auditor = &self.shared.auditor;
+        let auditor = &Scope {
+            auditor: &self.shared.auditor,
+            request_id: &ctx.request_id,
+            trace_id: ctx.trace_id.as_deref(),
+        };
         ctx.session = token::authenticate(
             &snap.verifier,
             &self.shared.revocations,
@@ -223,15 +236,35 @@ impl Proxy {
             ev.canonical_path = note.canonical_path.clone();
             ev.status = Some(refusal.status);
             ev.reason = note.reason.clone();
-            ev.peer = peer_ip(session);
-            self.shared.auditor.emit(ev);
+            ev.peer = self.client_ip(session, ctx);
+            self.scope(ctx).emit(ev);
         }
         if refusal.close {
             session.set_keepalive(None);
         }
         let req = session.req_header();
         let (html, head) = (html_requested(req), is_head(req));
-        refusal.render(html).send(session, head).await
+        refusal
+            .render(html, &ctx.request_id)
+            .send(session, head)
+            .await
+    }
+
+    /// The auditor for events this request causes.
+    fn scope<'a>(&'a self, ctx: &'a Ctx) -> Scope<'a> {
+        Scope {
+            auditor: &self.shared.auditor,
+            request_id: &ctx.request_id,
+            trace_id: ctx.trace_id.as_deref(),
+        }
+    }
+
+    /// The effective client address, for logs.
+    fn client_ip(&self, session: &Session, ctx: &Ctx) -> Option<String> {
+        headers::effective_client(session.req_header(), &ctx.client, |ip| {
+            ctx.snap.config.trusts(ip)
+        })
+        .map(|ip| ip.to_string())
     }
 }
 
@@ -256,6 +289,10 @@ impl ProxyHttp for Proxy {
             banner: None,
             socket: None,
             outcome: "proxied",
+            request_id: String::new(),
+            trace_id: None,
+            upstream_started: None,
+            upstream_ms: None,
             _inflight: InflightGuard::new(&self.shared),
         }
     }
@@ -265,7 +302,10 @@ impl ProxyHttp for Proxy {
             Ok(Admitted::Proxy) => Ok(false),
             Ok(Admitted::Answer(answer)) => {
                 let head = is_head(session.req_header());
-                answer.send(session, head).await?;
+                answer
+                    .header(REQUEST_ID, ctx.request_id.clone())
+                    .send(session, head)
+                    .await?;
                 Ok(true)
             }
             Err(refusal) => {
@@ -294,6 +334,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_started = Some(Instant::now());
         let site = ctx.site()?;
         let assertion = match (&ctx.snap.assertions, &ctx.session) {
             (Some(issuer), Some(s)) => {
@@ -324,6 +365,7 @@ impl ProxyHttp for Proxy {
                 .impersonating
                 .then_some(headers::Mode::of(ctx.read_only)),
             assertion: assertion.as_deref(),
+            request_id: &ctx.request_id,
         };
         headers::prepare_upstream(upstream, &forward)?;
         banner::prepare_upstream_request(upstream, ctx.impersonating && site.banner)
@@ -335,6 +377,10 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(started) = ctx.upstream_started {
+            ctx.upstream_ms = Some(access::millis(started.elapsed()));
+        }
+        resp.insert_header(REQUEST_ID, ctx.request_id.as_str())?;
         let dropped = token::cookie::drop_session_set_cookie(resp, &ctx.snap.config.token.cookie);
         if dropped > 0 {
             tracing::warn!(
@@ -423,7 +469,11 @@ impl ProxyHttp for Proxy {
             if session.response_written().is_none() {
                 let req = session.req_header();
                 let (html, head) = (html_requested(req), is_head(req));
-                if let Err(err) = refusal.render(html).send(session, head).await {
+                if let Err(err) = refusal
+                    .render(html, &ctx.request_id)
+                    .send(session, head)
+                    .await
+                {
                     tracing::debug!(error = %err, "could not send the error page");
                 }
             }
@@ -441,20 +491,52 @@ impl ProxyHttp for Proxy {
             ("proxied", Some(s)) if s >= 500 => "upstream_5xx",
             (o, _) => o,
         };
+        let elapsed = ctx.started.elapsed();
         METRICS.requests.with_label_values(&[&site, outcome]).inc();
         METRICS
             .request_duration
             .with_label_values(&[&site])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let (Some(s), true) = (&ctx.session, ctx.impersonating) {
-            let req = session.req_header();
+            .observe(elapsed.as_secs_f64());
+        let peer = self.client_ip(session, ctx);
+        let req = session.req_header();
+        let target = String::from_utf8_lossy(req.raw_path());
+        let impersonation = ctx
+            .session
+            .as_ref()
+            .filter(|_| ctx.impersonating)
+            .and_then(|s| s.identity.impersonation.as_ref());
+        if let (Some(s), Some(_)) = (&ctx.session, impersonation) {
             let mut ev = s.identity.audit_event("impersonation.request", &site);
             ev.method = Some(req.method.to_string());
-            ev.path = Some(String::from_utf8_lossy(req.raw_path()).into_owned());
+            ev.path = Some(target.clone().into_owned());
             ev.status = status;
-            ev.duration_ms = Some(ctx.started.elapsed().as_millis() as u64);
-            ev.peer = peer_ip(session);
-            self.shared.auditor.emit(ev);
+            ev.duration_ms = Some(elapsed.as_millis() as u64);
+            ev.peer = peer.clone();
+            self.scope(ctx).emit(ev);
+        }
+        if self.shared.access.enabled() {
+            let identity = ctx.session.as_ref().map(|s| &s.identity);
+            let user_agent = req.headers.get("user-agent").and_then(|v| v.to_str().ok());
+            let line = AccessLine {
+                ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: &ctx.request_id,
+                trace_id: ctx.trace_id.as_deref(),
+                site: ctx.site.as_ref().map(|s| s.name.as_str()),
+                host: &ctx.host.host,
+                method: req.method.as_str(),
+                path: access::logged_path(&target, ctx.snap.config.access_include_query),
+                status: status.unwrap_or(0),
+                bytes_sent: session.body_bytes_sent(),
+                duration_ms: access::millis(elapsed),
+                upstream_ms: ctx.upstream_ms,
+                outcome,
+                peer,
+                user_agent,
+                user_id: identity.map(|i| i.user_id.as_str()),
+                tenant_id: identity.and_then(|i| i.tenant_id.as_deref()),
+                sid: impersonation.map(|i| i.sid.as_str()),
+            };
+            self.shared.access.write(&line);
         }
     }
 }

@@ -8,6 +8,26 @@
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use std::borrow::Cow;
+
+/// The header that carries the request's id, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Text for an HTML page.
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Does the client prefer an HTML page over JSON?
 pub fn wants_html(accept: Option<&str>) -> bool {
@@ -112,7 +132,7 @@ enum Body {
     /// `{"error": code, "message": message}`, or an HTML page with the message.
     Error {
         code: &'static str,
-        message: &'static str,
+        message: Cow<'static, str>,
     },
     /// A fixed JSON body, whatever `Accept` says (the seeds' frontends parse it).
     Json(&'static str),
@@ -139,13 +159,16 @@ impl Refusal {
     pub fn error(
         status: u16,
         code: &'static str,
-        message: &'static str,
+        message: impl Into<Cow<'static, str>>,
         outcome: &'static str,
     ) -> Refusal {
         Refusal {
             status,
             outcome,
-            body: Body::Error { code, message },
+            body: Body::Error {
+                code,
+                message: message.into(),
+            },
             headers: Vec::new(),
             close: false,
             audit: None,
@@ -192,8 +215,9 @@ impl Refusal {
         }
     }
 
-    /// The response, as JSON or (`html`) a small page.
-    pub fn render(self, html: bool) -> LocalResponse {
+    /// The response, as JSON or (`html`) a small page, carrying the request's id (in
+    /// `X-Request-Id`, and in the body: `request_id` in JSON, a line of the page).
+    pub fn render(self, html: bool, request_id: &str) -> LocalResponse {
         let resp = match self.body {
             Body::Error { message, .. } if html => {
                 let title = http::StatusCode::from_u16(self.status)
@@ -206,15 +230,28 @@ impl Refusal {
                     "text/html; charset=utf-8",
                     format!(
                         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\
-                         <body><h1>{status} {title}</h1><p>{message}</p></body></html>\n"
+                         <body><h1>{status} {title}</h1><p>{}</p><p><small>Request id: {}</small></p></body></html>\n",
+                        escape_html(&message),
+                        escape_html(request_id),
                     ),
                 )
             }
             Body::Error { code, message } => LocalResponse::json(
                 self.status,
-                serde_json::json!({ "error": code, "message": message }).to_string(),
+                serde_json::json!({ "error": code, "message": message, "request_id": request_id })
+                    .to_string(),
             ),
-            Body::Json(body) => LocalResponse::json(self.status, body),
+            Body::Json(body) => {
+                // The fixed shape (fields in their order), plus the request id.
+                let body = match body.strip_suffix('}') {
+                    Some(open) => format!(
+                        "{open},\"request_id\":{}}}",
+                        serde_json::Value::from(request_id)
+                    ),
+                    None => body.to_string(),
+                };
+                LocalResponse::json(self.status, body)
+            }
             Body::Redirect => {
                 LocalResponse::new(self.status, "text/plain; charset=utf-8", Bytes::new())
             }
@@ -222,6 +259,7 @@ impl Refusal {
         self.headers
             .into_iter()
             .fold(resp, |r, (k, v)| r.header(k, v))
+            .header(REQUEST_ID, request_id.to_string())
     }
 
     // The refusals more than one stage gives, written once.
@@ -301,13 +339,20 @@ mod tests {
     fn a_refusal_renders_as_json_or_html_with_no_store() {
         let r =
             Refusal::error(403, "denied", "Not here.", "denied").header("retry-after", "5".into());
-        let json = r.clone().render(false);
+        let json = r.clone().render(false, "rid-1");
         assert_eq!(json.content_type, "application/json");
         assert_eq!(
             &json.body[..],
-            br#"{"error":"denied","message":"Not here."}"#
+            br#"{"error":"denied","message":"Not here.","request_id":"rid-1"}"#
         );
-        let html = r.render(true);
+        assert!(json.headers.contains(&(REQUEST_ID, "rid-1".to_string())));
+        let fixed = Refusal::json(401, r#"{"error":"x","code":"Y"}"#, "o").render(true, "rid-2");
+        assert_eq!(
+            &fixed.body[..],
+            br#"{"error":"x","code":"Y","request_id":"rid-2"}"#
+        );
+        let html = r.render(true, "<rid>");
+        assert!(String::from_utf8_lossy(&html.body).contains("&lt;rid&gt;"));
         assert!(html.content_type.starts_with("text/html"));
         let head = html.to_header().expect("head");
         assert_eq!(
@@ -318,8 +363,14 @@ mod tests {
             head.headers.get("retry-after").map(|v| v.as_bytes()),
             Some(&b"5"[..])
         );
-        let redirect = Refusal::redirect(302, "/x".into(), "redirected").render(true);
+        let redirect = Refusal::redirect(302, "/x".into(), "redirected").render(true, "r");
         assert!(redirect.body.is_empty());
-        assert_eq!(redirect.headers, vec![("location", "/x".to_string())]);
+        assert_eq!(
+            redirect.headers,
+            vec![
+                ("location", "/x".to_string()),
+                (REQUEST_ID, "r".to_string())
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! reload; a request keeps the snapshot it started with), the audit queue, the liveness cache
 //! the revocations and the Redis fan-out (all survive reloads), and the in-flight count.
 
+use crate::access::AccessLog;
 use crate::audit::Auditor;
 use crate::banner::{Assets, CsrfKey, NoRandomness};
 use crate::config::{Config, SiteConfig};
@@ -61,9 +62,16 @@ impl Snapshot {
     }
 }
 
+/// Where the proxy's logs go (fixed for the process: a sink change needs a restart).
+pub struct Logs {
+    pub auditor: Auditor,
+    pub access: AccessLog,
+}
+
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub auditor: Auditor,
+    pub access: AccessLog,
     /// Survives reloads: the cache and the backend client's pool.
     pub liveness: Arc<LivenessChecker>,
     /// The Redis revocation fan-out, when `liveness.redis_url_env` is set (read at start).
@@ -78,7 +86,7 @@ pub struct Shared {
 
 impl Shared {
     /// Fails only when the system has no randomness for the process's CSRF key.
-    pub fn new(config: Config, auditor: Auditor) -> Result<Shared, NoRandomness> {
+    pub fn new(config: Config, logs: Logs) -> Result<Shared, NoRandomness> {
         let process_key = CsrfKey::random()?;
         let liveness = Arc::new(LivenessChecker::new());
         let fanout = config
@@ -104,7 +112,8 @@ impl Shared {
             certs,
             current: ArcSwap::from_pointee(Snapshot::new(config, &process_key)),
             process_key,
-            auditor,
+            auditor: logs.auditor,
+            access: logs.access,
             liveness,
             inflight: AtomicUsize::new(0),
         })

@@ -48,6 +48,9 @@ pub struct Config {
     pub banner: BannerConfig,
     pub audit: AuditSink,
     pub audit_queue: usize,
+    /// `[access_log]`: `None` when off.
+    pub access_log: Option<AuditSink>,
+    pub access_include_query: bool,
     /// `[assertion]`, when the proxy signs an assertion for the apps.
     pub assertion: Option<AssertionConfig>,
     /// `[backchannel_logout]`, when logout tokens are accepted.

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub headers: RawHeaders,
     pub banner: RawBanner,
     pub audit: RawAudit,
+    pub access_log: RawAccessLog,
     pub assertion: Option<RawAssertion>,
     pub backchannel_logout: Option<RawBackchannel>,
     pub site: Vec<RawSite>,
@@ -294,6 +295,23 @@ impl Default for RawAudit {
         RawAudit {
             sink: "stdout".into(),
             queue: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccessLog {
+    /// "off", "stdout" or "file:PATH".
+    pub sink: String,
+    pub include_query: bool,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        RawAccessLog {
+            sink: "stdout".into(),
+            include_query: false,
         }
     }
 }

@@ -145,7 +145,11 @@ impl Validator<'_> {
         let backchannel_logout = raw.backchannel_logout.map(|b| self.backchannel_logout(b));
         let header_prefix = self.header_prefix(&raw.headers.prefix);
         let banner = self.banner(raw.banner);
-        let audit = self.audit(&raw.audit.sink);
+        let audit = self.sink("audit.sink", &raw.audit.sink, true);
+        let access_log = match raw.access_log.sink.as_str() {
+            "off" => None,
+            sink => Some(self.sink("access_log.sink", sink, false)),
+        };
         if raw.audit.queue == 0 || raw.audit.queue > 10_000_000 {
             self.err("audit.queue", "must be between 1 and 10000000");
         }
@@ -191,6 +195,11 @@ impl Validator<'_> {
             banner: banner?,
             audit: audit?,
             audit_queue: raw.audit.queue,
+            access_log: match access_log {
+                Some(s) => Some(s?),
+                None => None,
+            },
+            access_include_query: raw.access_log.include_query,
             assertion: match assertion {
                 Some(a) => Some(a?),
                 None => None,
@@ -733,29 +742,32 @@ impl Validator<'_> {
         Some(BannerConfig { csrf_secret, color })
     }
 
-    fn audit(&mut self, sink: &str) -> Option<AuditSink> {
+    /// A log sink: `stdout`, `file:PATH`, and (`http`) an http(s) URL.
+    fn sink(&mut self, key: &str, sink: &str, http: bool) -> Option<AuditSink> {
         if sink == "stdout" {
             return Some(AuditSink::Stdout);
         }
         if let Some(path) = sink.strip_prefix("file:") {
             if path.is_empty() {
                 self.err(
-                    "audit.sink",
+                    key,
                     "file: needs a path, e.g. file:/var/log/sessiongate/audit.jsonl",
                 );
                 return None;
             }
             return Some(AuditSink::File(PathBuf::from(path)));
         }
-        if sink.starts_with("http://") || sink.starts_with("https://") {
+        if http && (sink.starts_with("http://") || sink.starts_with("https://")) {
             return self
-                .http_url("audit.sink", sink)
+                .http_url(key, sink)
                 .then(|| AuditSink::Http(sink.to_string()));
         }
-        self.err(
-            "audit.sink",
-            format!("\"{sink}\" is not \"stdout\", \"file:PATH\" or an http(s) URL"),
-        );
+        let expected = if http {
+            "\"stdout\", \"file:PATH\" or an http(s) URL"
+        } else {
+            "\"off\", \"stdout\" or \"file:PATH\""
+        };
+        self.err(key, format!("\"{sink}\" is not {expected}"));
         None
     }
 

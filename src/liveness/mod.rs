@@ -12,7 +12,7 @@ mod socket;
 pub use backend::{BackendError, classify, sid_url};
 pub use socket::{SocketGuard, is_upgrade};
 
-use crate::audit::Auditor;
+use crate::audit::Scope;
 use crate::config::{LivenessConfig, OnError, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
 use crate::response::{Refusal, is_navigation};
@@ -438,7 +438,7 @@ pub struct Admission<'a> {
 pub async fn admit(
     checker: &LivenessChecker,
     a: Admission<'_>,
-    auditor: &Auditor,
+    auditor: &Scope<'_>,
 ) -> Result<bool, Refusal> {
     let Some(imp) = &a.session.identity.impersonation else {
         return Ok(false);

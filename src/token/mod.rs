@@ -14,7 +14,7 @@ pub use claims::{MAX_TIME, Provenance, explained as explain_claims};
 pub use cookie::{SessionCookie, clearing_cookie, session_cookie};
 pub use jwks::{JWKS_MIN_REFRESH, Jwks};
 
-use crate::audit::{AuditEvent, Auditor};
+use crate::audit::{AuditEvent, Scope};
 use crate::config::{KeySource, SiteConfig, TokenConfig};
 use crate::metrics::METRICS;
 use crate::response::Refusal;
@@ -169,7 +169,7 @@ pub async fn authenticate(
     site: &SiteConfig,
     req: &RequestHeader,
     host: &str,
-    auditor: &Auditor,
+    auditor: &Scope<'_>,
 ) -> Result<Option<Session>, Refusal> {
     let token = match session_cookie(req, &verifier.config.cookie) {
         SessionCookie::Absent => return Ok(None),

@@ -6,6 +6,19 @@ use super::{HOST, Resp, Sidecar, send};
 pub const BANNER_START: &str = "<div id=\"sessiongate-banner\"";
 pub const END_PATH: &str = "/.sessiongate/end-impersonation";
 /// The body of the answer to an API call with an ended impersonation.
+/// A JSON error body without its `"request_id"` member (every error body carries one), for
+/// comparing with a fixed shape such as [`ENDED_BODY`].
+pub fn without_request_id(body: &str) -> String {
+    let Some(at) = body.find(",\"request_id\":\"") else {
+        return body.to_string();
+    };
+    let value = at + ",\"request_id\":\"".len();
+    match body[value..].find('"') {
+        Some(end) => format!("{}{}", &body[..at], &body[value + end + 1..]),
+        None => body.to_string(),
+    }
+}
+
 pub const ENDED_BODY: &str = r#"{"error":"impersonation_ended","code":"IMPERSONATION_ENDED"}"#;
 
 pub const BODY_TAG: &str = "<body class=\"app\" data-page=\"orders\">";
