@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    /// A directory of site files (one `RawSite` each), relative to the main file's directory.
+    pub sites_dir: Option<String>,
     pub listen: RawListen,
     pub admin: RawAdmin,
     pub token: Option<RawToken>,
@@ -237,6 +239,7 @@ pub enum RawUnauthenticated {
     Redirect,
 }
 
+/// A `[[site]]` table of the main file, or the top level of a file in `sites_dir`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSite {
@@ -259,6 +262,8 @@ pub struct RawSite {
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
     pub deny_while_impersonating: Vec<RawDenyRule>,
+    /// Writes a read-only impersonation may still make; checked like the deny rules.
+    pub allow_while_read_only: Vec<RawDenyRule>,
 }
 
 impl Default for RawSite {
@@ -278,10 +283,12 @@ impl Default for RawSite {
             connect_timeout: Duration::from_secs(3),
             read_timeout: Duration::from_secs(60),
             deny_while_impersonating: Vec::new(),
+            allow_while_read_only: Vec::new(),
         }
     }
 }
 
+/// A route rule: `deny_while_impersonating` and `allow_while_read_only` entries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDenyRule {

@@ -51,6 +51,9 @@ pub struct SitePolicy {
     /// Forwarded with no cookie work and no identity.
     pub public_paths: Vec<PathRule>,
     pub deny: Vec<DenyRule>,
+    /// `allow_while_read_only`: the writes a read-only impersonation may still make (same
+    /// shape and matching as the deny rules).
+    pub allow_while_read_only: Vec<DenyRule>,
 }
 
 /// Public paths skip cookie work. An ambiguous path is never public (fail closed).
@@ -393,6 +396,7 @@ mod tests {
                 methods: vec!["POST".into()],
                 path: PathRule::parse("/settings/password").expect("rule"),
             }],
+            ..SitePolicy::default()
         }
     }
 
@@ -434,6 +438,7 @@ mod tests {
                     path: PathRule::parse("/export").expect("rule"),
                 },
             ],
+            ..SitePolicy::default()
         };
         let refused = |method: &str, target: &str, headers: &[(&str, &str)], body: &[String]| {
             let mut r = RequestHeader::build(method, target.as_bytes(), None).expect("request");
