@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -818,30 +818,7 @@ async fn sighup_adds_a_site_without_dropping_a_request_under_load() {
         let at = one.count();
         one.wait_for_count(at + 100).await;
     }
-    stop.store(true, Ordering::SeqCst);
-
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        let r = tokio::time::timeout(Duration::from_secs(60), w)
-            .await
-            .expect("load worker did not stop")
-            .expect("load worker panicked");
-        ok += r.ok;
-        failures.extend(r.failures);
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} load requests failed across the reload; first ones:\n{}",
-        failures.len(),
-        failures.len() + ok,
-        failures
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let ok = finish_load(&stop, workers, "across the reload").await;
     eprintln!(
         "load: {ok} requests, {} before the new site answered, {} after",
         after_swap,

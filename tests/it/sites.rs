@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -71,6 +71,14 @@ async fn assert_answers(sc: &Sidecar, host: &str, want: (u16, &str)) {
     }
 }
 
+/// Cafe on `one` and legacy on `two`, each in its own file of `sites.d`.
+fn cafe_and_legacy(one: &Upstream, two: &Upstream) -> Config {
+    Config::new()
+        .sites_dir("sites.d")
+        .site_file("cafe.toml", Site::new(HOST, one.addr))
+        .site_file("legacy.toml", Site::new(LEGACY, two.addr))
+}
+
 fn sites_dir(sc: &Sidecar) -> PathBuf {
     sc.sites_dir.clone().expect("the config has a sites_dir")
 }
@@ -124,11 +132,7 @@ async fn editing_a_site_file_changes_that_site_and_leaves_the_others_as_they_wer
     let (one, two, three) = (app(b"one").await, app(b"two").await, app(b"three").await);
     let backend = spawn_backend().await;
     let sc = Sidecar::start(
-        &Config::new()
-            .liveness(Liveness::on(&backend).cache_ttl("60s"))
-            .sites_dir("sites.d")
-            .site_file("cafe.toml", Site::new(HOST, one.addr))
-            .site_file("legacy.toml", Site::new(LEGACY, two.addr)),
+        &cafe_and_legacy(&one, &two).liveness(Liveness::on(&backend).cache_ttl("60s")),
     )
     .await;
 
@@ -188,13 +192,7 @@ async fn editing_a_site_file_changes_that_site_and_leaves_the_others_as_they_wer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_site_file_removes_the_site() {
     let (one, two) = (app(b"one").await, app(b"two").await);
-    let sc = Sidecar::start(
-        &Config::new()
-            .sites_dir("sites.d")
-            .site_file("cafe.toml", Site::new(HOST, one.addr))
-            .site_file("legacy.toml", Site::new(LEGACY, two.addr)),
-    )
-    .await;
+    let sc = Sidecar::start(&cafe_and_legacy(&one, &two)).await;
     assert_answers(&sc, LEGACY, (200, "two")).await;
 
     std::fs::remove_file(sites_dir(&sc).join("legacy.toml")).expect("delete legacy.toml");
@@ -356,13 +354,7 @@ async fn a_configmap_volume_update_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_fails_under_steady_load_during_twenty_reloads() {
     let (one, two, three) = (app(b"one").await, app(b"two").await, app(b"three").await);
-    let sc = Sidecar::start(
-        &Config::new()
-            .sites_dir("sites.d")
-            .site_file("cafe.toml", Site::new(HOST, one.addr))
-            .site_file("legacy.toml", Site::new(LEGACY, two.addr)),
-    )
-    .await;
+    let sc = Sidecar::start(&cafe_and_legacy(&one, &two)).await;
     let dir = sites_dir(&sc);
     let cookie = session_cookie(&token(&claims()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -395,30 +387,7 @@ async fn no_request_fails_under_steady_load_during_twenty_reloads() {
         let at = one.count();
         one.wait_for_count(at + 10).await;
     }
-    stop.store(true, Ordering::SeqCst);
-
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        let r = tokio::time::timeout(Duration::from_secs(60), w)
-            .await
-            .expect("load worker did not stop")
-            .expect("load worker panicked");
-        ok += r.ok;
-        failures.extend(r.failures);
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the reloads; first ones:\n{}",
-        failures.len(),
-        failures.len() + ok,
-        failures
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let ok = finish_load(&stop, workers, "during the reloads").await;
     assert!(ok >= 250, "only {ok} load requests ran");
     assert_eq!(sc.metric(RELOADS, &[("result", "ok")]).await, 20.0);
     assert_eq!(sc.metric(RELOADS, &[("result", "error")]).await, 0.0);

@@ -89,3 +89,36 @@ pub fn spawn_load(
         res
     })
 }
+
+/// Stops the load `workers` (bounded), asserts that none of their requests failed (`what`
+/// says during what), and returns how many succeeded.
+pub async fn finish_load(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<LoadResult>>,
+    what: &str,
+) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for w in workers {
+        let r = tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("load worker did not stop")
+            .expect("load worker panicked");
+        ok += r.ok;
+        failures.extend(r.failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} load requests failed {what}; first ones:\n{}",
+        failures.len(),
+        failures.len() + ok,
+        failures
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    ok
+}
