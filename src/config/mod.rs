@@ -192,7 +192,8 @@ pub struct ConfigError {
     /// problems.
     pub path: String,
     pub message: String,
-    /// 1-based line and column of the key (or of its closest table) in the file.
+    /// 1-based line and column in the file: of the value when the file has it, else of the
+    /// key (or of its closest table).
     pub position: Option<(usize, usize)>,
 }
 
