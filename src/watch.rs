@@ -153,33 +153,54 @@ impl Watcher {
 
     /// Takes what the watched files hold now as seen (before a reload on a signal reads them).
     pub fn mark(&mut self) {
-        self.seen = keys(&self.watched)
+        self.seen = self.read_all();
+    }
+
+    fn read_all(&self) -> Fingerprint {
+        keys(&self.watched)
             .into_iter()
             .map(|k| {
                 let v = read(&k);
                 (k, v)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Waits for `d`, then forgets the events that came meanwhile (they are what woke us).
+    async fn pause(&mut self, d: Duration) {
+        tokio::time::sleep(d).await;
+        while self.events.try_recv().is_ok() {}
     }
 
     /// Waits until a watched file reads differently, or a watched directory lists other site
-    /// files, than when last seen (and has stayed quiet for a moment).
+    /// files, than when last seen, and has stayed so for a moment (`SETTLE`): a file still being
+    /// written is not read half-way. Events only wake the check: the contents decide, so the
+    /// busy directory a config file may sit in never delays it.
     pub async fn changed(&mut self) {
         loop {
-            tokio::select! {
-                _ = self.events.recv() => {},
-                _ = tokio::time::sleep(POLL) => {},
+            let woken = tokio::select! {
+                _ = self.events.recv() => true,
+                _ = tokio::time::sleep(POLL) => false,
+            };
+            if woken {
+                // Gather the burst (an editor's writes, a rename then another) into one look.
+                self.pause(SETTLE).await;
             }
-            // Let the burst settle: wait until SETTLE passes without an event.
-            while tokio::time::timeout(SETTLE, self.events.recv())
-                .await
-                .is_ok()
-            {}
-            let before = std::mem::take(&mut self.seen);
-            self.mark();
-            if self.seen != before {
-                return;
+            let mut now = self.read_all();
+            if now == self.seen {
+                continue;
             }
+            // Changed: wait until it stops changing.
+            loop {
+                self.pause(SETTLE).await;
+                let again = self.read_all();
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            self.seen = now;
+            return;
         }
     }
 }
@@ -260,6 +281,34 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), w.changed())
             .await
             .expect("the edit made during the reload was seen");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_busy_directory_does_not_hold_a_change_back() {
+        let dir = std::env::temp_dir().join(format!("sg-watch-busy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("sessiongate.toml");
+        std::fs::write(&file, "one").expect("write");
+        let mut w = Watcher::new();
+        w.set(&Watched {
+            files: vec![file.clone()],
+            dirs: Vec::new(),
+        });
+        // Another program writes in the same directory all the time.
+        let noise = dir.join("other.log");
+        let busy = tokio::spawn(async move {
+            for i in 0..200u32 {
+                let _ = std::fs::write(&noise, i.to_string());
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        });
+        std::fs::write(&file, "two").expect("write");
+        tokio::time::timeout(Duration::from_secs(3), w.changed())
+            .await
+            .expect("the change was seen while the directory kept changing");
+        busy.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
