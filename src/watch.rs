@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long the files must stay quiet before a change counts (an editor's burst of writes, a
-/// cert-manager rename of the certificate then the key, a provisioning job's files).
+/// How long the files must read the same before a change counts (an editor's burst of writes,
+/// a cert-manager rename of the certificate then the key, a provisioning job's files).
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often the files are read even without an event.
 const POLL: Duration = Duration::from_secs(1);
