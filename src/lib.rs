@@ -39,13 +39,13 @@ pub mod token;
 pub mod watch;
 
 use config::Config;
+pub use lifecycle::ConfigSource;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::L4BufferSettings;
 use pingora::listeners::ListenerConfig;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Bytes of write buffer per client connection (allocated for the connection's life).
@@ -63,7 +63,8 @@ pub enum BuildError {
 /// Builds the Pingora server for a validated config: the public proxy (HTTP/1.1 and h2c on the
 /// plain listener, HTTP/1.1 and h2 by ALPN on the TLS one), the admin listener, and the
 /// lifecycle service (audit writer, reload, graceful stop).
-pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, BuildError> {
+/// `source`: where reloads read the config (none: the config never reloads).
+pub fn build(config: Config, source: Option<ConfigSource>) -> Result<Server, BuildError> {
     // One process-wide rustls crypto provider (aws-lc-rs, which the rest already uses), for the
     // clients that do not pick one themselves (Redis over TLS). Already set is fine.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -162,7 +163,7 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, Bui
 
     let lifecycle = pingora::services::background::background_service(
         "sessiongate lifecycle",
-        lifecycle::Lifecycle::new(shared, writers, config_path),
+        lifecycle::Lifecycle::new(shared, writers, source),
     );
     server.add_service(proxy);
     server.add_service(admin_service);
@@ -171,8 +172,8 @@ pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Server, Bui
 }
 
 /// Runs until SIGTERM or SIGINT (both graceful).
-pub fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), BuildError> {
-    let server = build(config, config_path)?;
+pub fn run(config: Config, source: Option<ConfigSource>) -> Result<(), BuildError> {
+    let server = build(config, source)?;
     server.run(RunArgs {
         shutdown_signal: Box::new(lifecycle::Signals),
     });

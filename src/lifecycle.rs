@@ -1,9 +1,9 @@
 //! Signals and the process's life: SIGTERM/SIGINT stop gracefully (the listeners close,
 //! in-flight requests finish within the grace period, the audit queue is flushed, then the
-//! process exits); SIGHUP, or a change to a file the config names, re-reads the config and swaps
-//! it in atomically.
+//! process exits); SIGHUP, or a change to the config file, a file of its `sites_dir` or a file
+//! it names, re-reads the whole config and swaps it in atomically.
 
-use crate::config::Config;
+use crate::config::{Config, Env, ProcessEnv};
 use crate::lines::LineWriter;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -39,33 +39,50 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// Where a reload reads the config: its main file, and where its `*_env` secrets come from.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Arc<dyn Env + Send + Sync>,
+}
+
+impl ConfigSource {
+    /// The file at `path`, with secrets from the process environment.
+    pub fn file(path: PathBuf) -> ConfigSource {
+        ConfigSource {
+            path,
+            env: Arc::new(ProcessEnv),
+        }
+    }
+}
+
 pub struct Lifecycle {
     shared: Arc<Shared>,
     /// The audit and access log writers.
     writers: Vec<Arc<LineWriter>>,
-    config_path: Option<PathBuf>,
+    source: Option<ConfigSource>,
 }
 
 impl Lifecycle {
     pub fn new(
         shared: Arc<Shared>,
         writers: Vec<LineWriter>,
-        config_path: Option<PathBuf>,
+        source: Option<ConfigSource>,
     ) -> Lifecycle {
         Lifecycle {
             shared,
             writers: writers.into_iter().map(Arc::new).collect(),
-            config_path,
+            source,
         }
     }
 
-    /// Reloads on SIGHUP and whenever a file the config names changes (the config itself, the
-    /// TLS certificates and keys), debounced: an editor's or cert-manager's burst of writes,
-    /// renames and symlink swaps is one reload.
+    /// Reloads on SIGHUP and whenever a watched file changes (the config itself, its
+    /// `sites_dir`, the TLS certificates and keys), debounced: an editor's, a provisioning job's
+    /// or cert-manager's burst of writes, renames and symlink swaps is one reload.
     async fn reload_loop(&self) {
-        let Some(path) = self.config_path.clone() else {
+        let Some(source) = &self.source else {
             return std::future::pending().await;
         };
+        let path = &source.path;
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(h) => Some(h),
             Err(e) => {
@@ -74,7 +91,7 @@ impl Lifecycle {
             }
         };
         let mut watch = crate::watch::Watcher::new();
-        watch.set(&self.watched(&path));
+        watch.set(&self.watched(path));
         loop {
             tokio::select! {
                 Some(()) = async {
@@ -87,16 +104,20 @@ impl Lifecycle {
                     for w in &self.writers {
                         w.reopen();
                     }
+                    // What this reload reads is what counts as seen from now on.
+                    watch.mark();
                 }
                 () = watch.changed() => tracing::info!("a watched file changed: reloading"),
             }
-            self.reload(&path).await;
-            watch.set(&self.watched(&path));
+            self.reload(source).await;
+            watch.set(&self.watched(path));
         }
     }
 
-    /// The files whose change reloads the config.
-    fn watched(&self, config: &Path) -> Vec<PathBuf> {
+    /// What reloads the config when it changes: the config file, the TLS certificates and keys,
+    /// and `sites_dir` (the serving config's, and the one the file names now, in case the
+    /// reload that introduced it failed).
+    fn watched(&self, config: &Path) -> crate::watch::Watched {
         let snap = self.shared.snapshot();
         let mut files = vec![config.to_path_buf()];
         if let Some(tls) = &snap.config.tls {
@@ -108,12 +129,19 @@ impl Lifecycle {
         if let Some(a) = &snap.config.assertion {
             files.extend(a.files.iter().cloned());
         }
-        files
+        let mut dirs: Vec<PathBuf> = snap.config.sites_dir.iter().cloned().collect();
+        if let Some(named) = Config::sites_dir_named(config)
+            && !dirs.contains(&named)
+        {
+            dirs.push(named);
+        }
+        crate::watch::Watched { files, dirs }
     }
 
-    async fn reload(&self, path: &Path) {
-        let p = path.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+    async fn reload(&self, source: &ConfigSource) {
+        let (path, env) = (source.path.clone(), source.env.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || Config::load_with(&path, env.as_ref())).await;
         let result = match loaded {
             Ok(Ok(config)) => {
                 let old = self.shared.snapshot();

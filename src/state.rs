@@ -35,6 +35,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// `process_key`: the CSRF key used when the config names none.
     pub fn new(config: Config, process_key: &[u8]) -> Snapshot {
+        Snapshot::after(config, process_key, None)
+    }
+
+    /// The snapshot of a reloaded config. What is shared with `previous` survives the swap:
+    /// the JWKS keys already fetched (same URL). Nothing here is per site: a site's upstream
+    /// connections are pooled by Pingora by address and TLS name, and the liveness cache lives
+    /// in `Shared`, so a reload that changes one site leaves the others' as they were.
+    pub fn after(config: Config, process_key: &[u8], previous: Option<&Snapshot>) -> Snapshot {
         let csrf = match &config.banner.csrf_secret {
             Some(s) => CsrfKey::new(&s.0),
             None => CsrfKey::new(process_key),
@@ -50,7 +58,7 @@ impl Snapshot {
             assets: Assets::new(&config.banner.color),
             csrf,
             router: Router::new(config.sites.iter().map(|s| (&s.host, s.clone()))),
-            verifier: Verifier::new(&config.token),
+            verifier: Verifier::after(&config.token, previous.map(|p| &p.verifier)),
             logout: config.backchannel_logout.as_ref().map(LogoutVerifier::new),
             assertions: config
                 .assertion
@@ -127,8 +135,12 @@ impl Shared {
         if let Some(tls) = &config.tls {
             self.certs.replace(tls.certs.clone());
         }
-        self.current
-            .store(Arc::new(Snapshot::new(config, &self.process_key)));
+        let previous = self.snapshot();
+        self.current.store(Arc::new(Snapshot::after(
+            config,
+            &self.process_key,
+            Some(&previous),
+        )));
     }
 
     pub fn inflight(&self) -> usize {

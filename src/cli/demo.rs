@@ -1,6 +1,8 @@
 //! `sessiongate demo`: everything on loopback in one process, no files or env. A sample tenant
 //! app, an in-memory platform backend (liveness, end, sign-in links, a page of live
-//! impersonations with Revoke), and the proxy in front with a generated config.
+//! impersonations with Revoke), and the proxy in front with a generated config, written in the
+//! recommended layout (a main file and `sites.d/` with one file per site) to a new directory
+//! under the system's temp dir, so that editing or adding a site file shows a reload.
 //!
 //! Hosts are `cafe.localhost`: browsers resolve `*.localhost` to loopback and treat it as a
 //! secure context, so the platform's `Secure` cookie works over plain http. Cookies are scoped
@@ -14,11 +16,13 @@ use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::protocols::http::ServerSession;
 use pingora::server::RunArgs;
 use pingora::services::listening::Service;
+use sessiongate::ConfigSource;
 use sessiongate::config::Config;
 use sessiongate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HOST: &str = "cafe.localhost";
 const SECRET: &str = "sessiongate-demo-secret-not-for-production";
@@ -373,10 +377,12 @@ impl BackendApp {
     }
 }
 
-/// The generated config (also what the demo prints with `--show-config` style docs).
-pub fn demo_config(proxy: u16, admin: u16, app: u16, backend: u16) -> String {
+/// The generated main file: everything but the sites, which live in `sites.d/`.
+pub fn demo_config(proxy: u16, admin: u16, backend: u16) -> String {
     format!(
-        r#"[listen]
+        r#"sites_dir = "sites.d"
+
+[listen]
 addr = "127.0.0.1:{proxy}"
 grace_period = "5s"
 
@@ -395,18 +401,54 @@ cache_ttl = "5s"
 
 [audit]
 sink = "stdout"
+"#
+    )
+}
 
-[[site]]
-host = "{HOST}"
+/// The sample app's site file, `sites.d/cafe.toml`.
+pub fn demo_site(app: u16) -> String {
+    format!(
+        r#"host = "{HOST}"
 upstream = "127.0.0.1:{app}"
 public_paths = ["/ended"]
 after_end_url = "/ended"
 
-[[site.deny_while_impersonating]]
+[[deny_while_impersonating]]
 methods = ["POST", "PUT", "PATCH", "DELETE"]
 path = "/settings/password"
 "#
     )
+}
+
+/// A new directory of the demo's own under the system's temp dir. `create_dir` refuses a name
+/// that exists, so nothing planted there beforehand is ever read as config.
+fn demo_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for attempt in 0..100u32 {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!(
+            "sessiongate-demo-{}-{nanos}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free directory name"))
+}
+
+/// Writes the demo's config files; the main file's path.
+fn write_config(proxy: u16, admin: u16, app: u16, backend: u16) -> std::io::Result<PathBuf> {
+    let dir = demo_dir()?;
+    std::fs::create_dir(dir.join("sites.d"))?;
+    std::fs::write(dir.join("sites.d").join("cafe.toml"), demo_site(app))?;
+    let main = dir.join("sessiongate.toml");
+    std::fs::write(&main, demo_config(proxy, admin, backend))?;
+    Ok(main)
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
@@ -416,15 +458,16 @@ pub fn run(port: u16) -> Result<(), String> {
         free_port().map_err(|e| e.to_string())?,
         free_port().map_err(|e| e.to_string())?,
     );
-    let toml = demo_config(port, admin, app, backend);
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("port {port} is not free: {e}"))?;
+    let main = write_config(port, admin, app, backend)
+        .map_err(|e| format!("cannot write the demo's config: {e}"))?;
     let env: HashMap<String, String> = [
         ("DEMO_JWT_SECRET".to_string(), SECRET.to_string()),
         ("DEMO_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
     ]
     .into();
-    let config = Config::parse(&toml, "demo.toml", &env).map_err(|e| e.to_string())?;
-    std::net::TcpListener::bind(("127.0.0.1", port))
-        .map_err(|e| format!("port {port} is not free: {e}"))?;
+    let config = Config::load_with(&main, &env).map_err(|e| e.to_string())?;
 
     let app_url = format!("http://{HOST}:{port}");
     let backend_url = format!("http://{HOST}:{backend}");
@@ -436,7 +479,11 @@ pub fn run(port: u16) -> Result<(), String> {
         backend_url: backend_url.clone(),
     });
 
-    let mut server = sessiongate::build(config, None).map_err(|e| e.to_string())?;
+    let source = ConfigSource {
+        path: main.clone(),
+        env: Arc::new(env),
+    };
+    let mut server = sessiongate::build(config, Some(source)).map_err(|e| e.to_string())?;
     let mut app_service = Service::new("demo app".to_string(), HttpServer::new_app(SampleApp));
     app_service.add_tcp(&format!("127.0.0.1:{app}"));
     let mut backend_service = Service::new(
@@ -455,6 +502,13 @@ pub fn run(port: u16) -> Result<(), String> {
     println!();
     println!("  The app behind the proxy:  {app_url}/   (JSON: {app_url}/api/whoami)");
     println!("  Proxy metrics:             http://127.0.0.1:{admin}/metrics");
+    let sites_dir = main.with_file_name("sites.d");
+    println!(
+        "  Config: {} and one file per site in {}/",
+        main.display(),
+        sites_dir.display()
+    );
+    println!("          (edit or add a site file: the proxy reloads it within 2 s, no signal)");
     println!(
         "  Token at sign-in expires in 30 minutes; audit events are printed below as JSON lines."
     );

@@ -51,7 +51,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: prints `ok`, or each error with its key path and line:column.
+    /// Validate a config file and its `sites_dir`: prints `ok` (and, on stderr, each site with
+    /// the file it came from), or each error with its file, key path and line:column.
     Check {
         #[arg(long, short)]
         config: PathBuf,
@@ -108,8 +109,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(config) => {
+                // The verdict alone on stdout, for scripts; the sites it found, for people.
                 println!("ok");
+                let width = config.sites.iter().map(|s| s.name.len()).max().unwrap_or(0);
+                for site in &config.sites {
+                    eprintln!("site {:width$}  {}", site.name, site.file);
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -133,7 +139,7 @@ fn main() -> ExitCode {
             match Config::load(&path) {
                 Ok(config) => {
                     tracing::info!(listen = ?config.listen, tls = ?config.tls.as_ref().map(|t| t.addr), admin = %config.admin.addr, sites = config.sites.len(), "starting");
-                    match sessiongate::run(config, Some(path)) {
+                    match sessiongate::run(config, Some(sessiongate::ConfigSource::file(path))) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => {
                             eprintln!("cannot start: {e}");

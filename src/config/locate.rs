@@ -34,28 +34,35 @@ fn segments(path: &str) -> Vec<Seg<'_>> {
     out
 }
 
-/// The position of the deepest part of `path` that the file has.
+/// The position of the deepest part of `path` that the file has: the value itself when the
+/// file has the whole path and it is a plain value (`upstream = "nope"` points at `"nope"`),
+/// else the key or table header of the deepest part found.
 pub fn position_of(src: &str, path: &str) -> Option<(usize, usize)> {
     let root = DeTable::parse(src).ok()?;
     let mut best = None;
     let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
     let mut value: Option<&Spanned<DeValue<'_>>> = None;
+    let mut whole = true;
     for seg in segments(path) {
         match seg {
             Seg::Key(k) => {
                 let Some((key, v)) =
                     table.and_then(|t| t.iter().find(|(key, _)| key.get_ref().as_ref() == k))
                 else {
+                    whole = false;
                     break;
                 };
                 best = Some(key.span().start);
                 value = Some(v);
             }
             Seg::Index(n) => {
-                let DeValue::Array(items) = value?.get_ref() else {
+                let Some(item) = value.and_then(|v| match v.get_ref() {
+                    DeValue::Array(items) => items.get(n),
+                    _ => None,
+                }) else {
+                    whole = false;
                     break;
                 };
-                let Some(item) = items.get(n) else { break };
                 best = Some(item.span().start);
                 value = Some(item);
             }
@@ -65,7 +72,25 @@ pub fn position_of(src: &str, path: &str) -> Option<(usize, usize)> {
             _ => None,
         };
     }
+    if whole
+        && let Some(v) = value
+        && is_plain(v.get_ref())
+    {
+        best = Some(v.span().start);
+    }
     best.map(|o| line_col(src, o))
+}
+
+/// A value written after its key (not a table, nor an array of tables, whose header is where
+/// they start).
+fn is_plain(v: &DeValue<'_>) -> bool {
+    match v {
+        DeValue::Table(_) => false,
+        DeValue::Array(items) => !items
+            .iter()
+            .any(|i| matches!(i.get_ref(), DeValue::Table(_))),
+        _ => true,
+    }
 }
 
 /// The key path of the innermost key whose key or value covers `offset`.

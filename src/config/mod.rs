@@ -4,13 +4,15 @@
 
 mod locate;
 pub mod raw;
+mod sites_dir;
 mod validate;
 
 use crate::policy::{SitePolicy, Unauthenticated};
 use crate::site::{HostPattern, TenantPattern};
 use jsonwebtoken::{Algorithm, DecodingKey};
 pub use raw::OnError;
-use raw::RawConfig;
+use raw::{RawConfig, RawSite};
+pub use sites_dir::site_files;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,7 +58,10 @@ pub struct Config {
     /// `[backchannel_logout]`, when logout tokens are accepted.
     pub backchannel_logout: Option<LogoutConfig>,
     /// Shared handles: a request keeps the site it was routed to, whatever reloads meanwhile.
+    /// The main file's `[[site]]` tables first, then the files of `sites_dir` in name order.
     pub sites: Vec<Arc<SiteConfig>>,
+    /// `sites_dir`, resolved against the main file's directory (watched for changes).
+    pub sites_dir: Option<PathBuf>,
 }
 
 /// `[listen.tls]`: its address, the certificate files, and the certificates they held at load.
@@ -226,6 +231,9 @@ pub enum AuditSink {
 pub struct SiteConfig {
     /// The `host` value as written, used as the `site` label in metrics and audit events.
     pub name: String,
+    /// The file that defines it, named as in error messages: the main file, or its own file
+    /// in `sites_dir`.
+    pub file: String,
     pub host: HostPattern,
     pub upstream: Upstream,
     pub tenant_from_host: Option<TenantPattern>,
@@ -242,16 +250,21 @@ pub struct SiteConfig {
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// Key path such as `site[0].upstream`; empty for whole-file problems.
+    /// The site file (in `sites_dir`) it is in; `None`: the main file.
+    pub file: Option<String>,
+    /// Key path such as `site[0].upstream` (in a site file: `upstream`); empty for whole-file
+    /// problems.
     pub path: String,
     pub message: String,
-    /// 1-based line and column of the key (or of its closest table) in the file.
+    /// 1-based line and column in the file: of the value when the file has it, else of the
+    /// key (or of its closest table).
     pub position: Option<(usize, usize)>,
 }
 
-/// Every problem found in a config file, in file order.
+/// Every problem found in a config file and its site files, in file order.
 #[derive(Debug, Clone)]
 pub struct ConfigErrors {
+    /// The main file.
     pub file: String,
     pub errors: Vec<ConfigError>,
 }
@@ -263,10 +276,11 @@ impl fmt::Display for ConfigErrors {
                 writeln!(f)?;
             }
             let (line, col) = e.position.unwrap_or((1, 1));
+            let file = e.file.as_deref().unwrap_or(&self.file);
             if e.path.is_empty() {
-                write!(f, "{}:{line}:{col}: {}", self.file, e.message)?;
+                write!(f, "{file}:{line}:{col}: {}", e.message)?;
             } else {
-                write!(f, "{}:{line}:{col}: {}: {}", self.file, e.path, e.message)?;
+                write!(f, "{file}:{line}:{col}: {}: {}", e.path, e.message)?;
             }
         }
         Ok(())
@@ -309,54 +323,177 @@ impl Config {
         self.token.revocation_retention.max(self.liveness.ended_ttl)
     }
 
-    /// Reads, parses and validates a config file against the process environment.
+    /// Reads, parses and validates a config file (and its `sites_dir`) against the process
+    /// environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, &ProcessEnv)
+    }
+
+    /// [`Config::load`] with secrets from `env`.
+    pub fn load_with(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: file.clone(),
             errors: vec![ConfigError {
+                file: None,
                 path: String::new(),
                 message: format!("cannot read config file: {e}"),
                 position: None,
             }],
         })?;
-        Config::parse(&src, &file, &ProcessEnv)
+        Config::from_main(Source { name: file, text }, path, env)
     }
 
-    /// Parses and validates config text. `file` is only used in messages.
+    /// Parses and validates config text. `file` names it in messages, and `sites_dir` is read
+    /// relative to its directory.
     pub fn parse(src: &str, file: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let main = Source {
+            name: file.to_string(),
+            text: src.to_string(),
+        };
+        Config::from_main(main, Path::new(file), env)
+    }
+
+    /// The directory of site files the config at `path` names now, if it parses that far: a
+    /// reload that fails still watches the directory its file asks for.
+    pub fn sites_dir_named(path: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let raw: RawConfig = toml::from_str(&text).ok()?;
+        raw.sites_dir
+            .filter(|d| !d.is_empty())
+            .map(|d| base_dir(path).join(d))
+    }
+
+    fn from_main(main: Source, main_path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
         let fail = |errors: Vec<ConfigError>| ConfigErrors {
-            file: file.to_string(),
+            file: main.name.clone(),
             errors,
         };
-        let raw: RawConfig = match toml::from_str(src) {
+        let raw: RawConfig = match toml::from_str(&main.text) {
             Ok(raw) => raw,
-            Err(e) => {
-                let (path, position) = match e.span() {
-                    Some(span) => (
-                        locate::path_at(src, span.start),
-                        Some(locate::line_col(src, span.start)),
-                    ),
-                    None => (String::new(), None),
-                };
-                return Err(fail(vec![ConfigError {
-                    path,
-                    message: e.message().trim().to_string(),
-                    position,
-                }]));
-            }
+            Err(e) => return Err(fail(vec![syntax_error(None, &main.text, &e)])),
         };
-        let (config, mut errors) = validate::validate(raw, env);
+        let mut errors = Vec::new();
+        let dir = raw
+            .sites_dir
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .map(|d| read_sites_dir(base_dir(main_path).join(d), main_path, &mut errors));
+        // The texts, to place the validator's errors (which name a file and a key path).
+        let texts: Vec<Source> = dir
+            .iter()
+            .flat_map(|d| d.files.iter().map(|(source, _)| source.clone()))
+            .collect();
+        let order: Vec<String> = dir.iter().flat_map(|d| d.listed.clone()).collect();
+        let (config, more) = validate::validate(raw, &main, dir, env);
+        errors.extend(more);
         if errors.is_empty()
             && let Some(config) = config
         {
             return Ok(config);
         }
-        for e in &mut errors {
-            e.position = locate::position_of(src, &e.path);
+        for e in errors.iter_mut().filter(|e| e.position.is_none()) {
+            let text = match &e.file {
+                None => Some(&main.text),
+                Some(name) => texts.iter().find(|t| &t.name == name).map(|t| &t.text),
+            };
+            e.position = text.and_then(|t| locate::position_of(t, &e.path));
         }
-        errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+        // The main file first, then the site files in the order they are read.
+        let file_rank = |e: &ConfigError| match &e.file {
+            None => 0,
+            Some(name) => 1 + order.iter().position(|n| n == name).unwrap_or(order.len()),
+        };
+        errors.sort_by_key(|e| (file_rank(e), e.position.unwrap_or((usize::MAX, 0))));
         Err(fail(errors))
+    }
+}
+
+/// Config text and the name it has in messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// `sites_dir` as read: its path, the name of every site file found (in the order they are
+/// read), and the ones that parsed (the others are reported already).
+pub(crate) struct SitesDir {
+    pub path: PathBuf,
+    /// The directory could not be listed (reported already).
+    pub unreadable: bool,
+    pub listed: Vec<String>,
+    pub files: Vec<(Source, RawSite)>,
+}
+
+/// The directory relative paths in a config file are read against.
+fn base_dir(main_path: &Path) -> &Path {
+    main_path.parent().unwrap_or(Path::new(""))
+}
+
+/// Lists and parses the site files of `path`; what cannot be read or parsed becomes an error
+/// in `errors`. The main file itself is skipped when `sites_dir` is its own directory.
+fn read_sites_dir(path: PathBuf, main_path: &Path, errors: &mut Vec<ConfigError>) -> SitesDir {
+    let mut dir = SitesDir {
+        unreadable: false,
+        listed: Vec::new(),
+        files: Vec::new(),
+        path,
+    };
+    let listed = match site_files(&dir.path) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(ConfigError {
+                file: None,
+                path: "sites_dir".into(),
+                message: format!("cannot read the directory \"{}\": {e}", dir.path.display()),
+                position: None,
+            });
+            dir.unreadable = true;
+            return dir;
+        }
+    };
+    let main_real = std::fs::canonicalize(main_path).ok();
+    for file in listed {
+        if main_real.is_some() && std::fs::canonicalize(&file).ok() == main_real {
+            continue;
+        }
+        let name = file.display().to_string();
+        dir.listed.push(name.clone());
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError {
+                    file: Some(name),
+                    path: String::new(),
+                    message: format!("cannot read site file: {e}"),
+                    position: None,
+                });
+                continue;
+            }
+        };
+        match toml::from_str::<RawSite>(&text) {
+            Ok(raw) => dir.files.push((Source { name, text }, raw)),
+            Err(e) => errors.push(syntax_error(Some(name), &text, &e)),
+        }
+    }
+    dir
+}
+
+/// A TOML or serde error (bad syntax, an unknown key, a wrong type) at its key and position.
+fn syntax_error(file: Option<String>, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (path, position) = match e.span() {
+        Some(span) => (
+            locate::path_at(text, span.start),
+            Some(locate::line_col(text, span.start)),
+        ),
+        None => (String::new(), None),
+    };
+    ConfigError {
+        file,
+        path,
+        message: e.message().trim().to_string(),
+        position,
     }
 }
 
@@ -388,6 +525,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_nixtech_directory_layout_holds_the_same_sites_as_the_single_file() {
+        let sites = |file: &str| -> Vec<String> {
+            let config =
+                Config::load_with(Path::new(file), &env()).unwrap_or_else(|e| panic!("{e}"));
+            config
+                .sites
+                .iter()
+                .map(|s| {
+                    let site = SiteConfig {
+                        file: String::new(),
+                        ..SiteConfig::clone(s)
+                    };
+                    format!("{site:?}")
+                })
+                .collect()
+        };
+        let layout = sites("config/nixtech/sessiongate.toml");
+        assert_eq!(layout.len(), 3);
+        assert_eq!(layout, sites("config/nixtech.toml"));
+    }
+
     fn errors(src: &str) -> Vec<(String, Option<(usize, usize)>)> {
         match Config::parse(src, "t.toml", &env()) {
             Ok(_) => Vec::new(),
@@ -412,15 +571,15 @@ mod tests {
         let src = format!("[token]\nsecret_env = \"MISSING\"\n{SITE}");
         assert_eq!(
             errors(&src),
-            vec![("token.secret_env".to_string(), Some((2, 1)))]
+            vec![("token.secret_env".to_string(), Some((2, 14)))]
         );
         let src = "[token]\nsecret_env = \"S\"\n[[site]]\nhost = \"a.*.b\"\nupstream = \"nope\"\nunauthenticated = \"redirect\"\n";
         assert_eq!(
             errors(src),
             vec![
                 ("site[0].login_url".to_string(), Some((3, 1))),
-                ("site[0].host".to_string(), Some((4, 1))),
-                ("site[0].upstream".to_string(), Some((5, 1))),
+                ("site[0].host".to_string(), Some((4, 8))),
+                ("site[0].upstream".to_string(), Some((5, 12))),
             ]
         );
     }
@@ -453,5 +612,199 @@ mod tests {
             vec!["listen.max_connections"]
         );
         assert!(bad("").is_empty());
+    }
+
+    /// A fresh directory holding `files` (`name`, contents; `name` may have a folder).
+    fn tree(files: &[(&str, &str)]) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sg-config-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(path, text).expect("write");
+        }
+        dir
+    }
+
+    const MAIN: &str = "sites_dir = \"sites.d\"\n[token]\nsecret_env = \"S\"\n";
+
+    fn load(dir: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(&dir.join("main.toml"), &env())
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match load(dir) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_visible_toml_file_of_sites_dir_is_a_site_beside_the_main_files_tables() {
+        let dir = tree(&[
+            ("main.toml", &format!("{MAIN}{SITE}")),
+            (
+                "sites.d/b.toml",
+                "host = \"b.example\"\nupstream = \"127.0.0.1:2\"\nunauthenticated = \"reject\"\n\
+                 [[deny_while_impersonating]]\nmethods = [\"post\"]\npath = \"/settings/*\"\n\
+                 [[allow_while_read_only]]\nmethods = [\"POST\"]\npath = \"/graphql\"\n",
+            ),
+            (
+                "sites.d/a.toml",
+                "host = \"*.a.example\"\nupstream = \"127.0.0.1:3\"\n",
+            ),
+            ("sites.d/.b.toml.tmp", "host = \"half-writ"),
+            ("sites.d/README.md", "not a site"),
+        ]);
+        let config = load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let sites: Vec<(&str, String)> = config
+            .sites
+            .iter()
+            .map(|s| {
+                let file = Path::new(&s.file).strip_prefix(&dir).expect("under dir");
+                (s.name.as_str(), file.display().to_string())
+            })
+            .collect();
+        assert_eq!(
+            sites,
+            [
+                ("a.example", "main.toml".to_string()),
+                ("*.a.example", "sites.d/a.toml".to_string()),
+                ("b.example", "sites.d/b.toml".to_string()),
+            ]
+        );
+        let b = &config.sites[2];
+        assert_eq!(b.unauthenticated, Unauthenticated::Reject);
+        assert_eq!(b.policy.deny.len(), 1);
+        assert_eq!(b.policy.deny[0].methods, ["POST"]);
+        assert_eq!(b.policy.allow.len(), 1);
+        assert_eq!(config.sites_dir, Some(dir.join("sites.d")));
+
+        // Without [[site]] in the main file: the directory's sites are enough.
+        std::fs::write(dir.join("main.toml"), MAIN).expect("write");
+        assert_eq!(load(&dir).map(|c| c.sites.len()).ok(), Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_site_files_errors_name_that_file_and_the_key_inside_it() {
+        let dir = tree(&[
+            ("main.toml", MAIN),
+            (
+                "sites.d/cafe.toml",
+                "host = \"cafe.example\"\n# the app\nupstream = \"nope\"\n\
+                 [[deny_while_impersonating]]\npath = \"no-slash\"\n\
+                 [[allow_while_read_only]]\nmethods = [\"P0ST\"]\npath = \"/x\"\n",
+            ),
+            (
+                "sites.d/shop.toml",
+                "host = \"shop.example\"\nupstream = \"127.0.0.1:1\"\ncolour = 1\n",
+            ),
+            ("sites.d/zz.toml", "host = \"zz.example\"\nupstream = [\n"),
+        ]);
+        let err = load_err(&dir);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 5, "{err}");
+        let cafe = dir.join("sites.d/cafe.toml").display().to_string();
+        assert!(
+            lines[0].starts_with(&format!("{cafe}:3:12: upstream: ")),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{cafe}:5:8: deny_while_impersonating[0].path: ")),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with(&format!("{cafe}:7:11: allow_while_read_only[0].methods: ")),
+            "{err}"
+        );
+        assert!(
+            lines[3].contains("sites.d/shop.toml:3:1: colour: unknown field"),
+            "{err}"
+        );
+        assert!(
+            lines[4].contains("sites.d/zz.toml:2:13: unclosed array"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_host_defined_twice_names_both_places() {
+        let dir = tree(&[
+            ("main.toml", &format!("{MAIN}{SITE}")),
+            (
+                "sites.d/a.toml",
+                "host = \"x.example\"\nupstream = \"127.0.0.1:1\"\n",
+            ),
+            (
+                "sites.d/b.toml",
+                "upstream = \"127.0.0.1:1\"\nhost = \"X.example\"\n",
+            ),
+            (
+                "sites.d/c.toml",
+                "host = \"a.example\"\nupstream = \"127.0.0.1:1\"\n",
+            ),
+        ]);
+        let err = load_err(&dir);
+        let path = |name: &str| dir.join(name).display().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}:2:8: host: \"x.example\" is already defined at {}:1:8\n\
+                 {}:1:8: host: \"a.example\" is already defined at {}:5:8",
+                path("sites.d/b.toml"),
+                path("sites.d/a.toml"),
+                path("sites.d/c.toml"),
+                path("main.toml"),
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sites_dir_must_be_a_directory_and_there_must_be_a_site() {
+        let dir = tree(&[("main.toml", MAIN)]);
+        let main = dir.join("main.toml").display().to_string();
+        let err = load_err(&dir);
+        assert!(
+            err.starts_with(&format!(
+                "{main}:1:13: sites_dir: cannot read the directory"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+
+        std::fs::create_dir(dir.join("sites.d")).expect("dir");
+        std::fs::write(dir.join("sites.d/.hidden.toml"), SITE).expect("write");
+        let err = load_err(&dir);
+        assert!(
+            err.starts_with(&format!("{main}:1:13: sites_dir: holds no site file")),
+            "{err}"
+        );
+
+        std::fs::write(
+            dir.join("main.toml"),
+            format!("sites_dir = \"\"\n{}", &MAIN[22..]),
+        )
+        .expect("write");
+        let err = load_err(&dir);
+        assert!(
+            err.contains(":1:13: sites_dir: must name a directory"),
+            "{err}"
+        );
+
+        // The main file's own directory: the main file is not read as a site.
+        let main_toml = format!("sites_dir = \".\"\n{}", &MAIN[22..]);
+        std::fs::write(dir.join("main.toml"), &main_toml).expect("write");
+        std::fs::write(dir.join("a.toml"), SITE.trim_start_matches("[[site]]\n")).expect("write");
+        assert_eq!(load(&dir).map(|c| c.sites.len()).ok(), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    /// A directory of site files (one `RawSite` each), relative to the main file's directory.
+    pub sites_dir: Option<String>,
     pub listen: RawListen,
     pub admin: RawAdmin,
     pub token: Option<RawToken>,
@@ -326,6 +328,7 @@ pub enum RawUnauthenticated {
     Redirect,
 }
 
+/// A `[[site]]` table of the main file, or the top level of a file in `sites_dir`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSite {
@@ -386,6 +389,7 @@ impl Default for RawSite {
     }
 }
 
+/// A route rule: `deny_while_impersonating` and `allow_while_read_only` entries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteRule {

@@ -1,11 +1,12 @@
 //! Every check of a config, in one place: from the raw TOML to the validated `Config`, with
 //! each problem collected (not just the first) under its key path.
 
+use super::locate;
 use super::raw::{self, RawConfig, RawSite, RawUnauthenticated};
 use super::{
     AdminConfig, AssertionConfig, AuditSink, BannerConfig, ClaimPath, ClaimPaths, Config,
-    ConfigError, Env, KeySource, LivenessConfig, LogoutConfig, Secret, SiteConfig, TlsListener,
-    TokenConfig, Upstream, UpstreamTls,
+    ConfigError, Env, KeySource, LivenessConfig, LogoutConfig, Secret, SiteConfig, SitesDir,
+    Source, TlsListener, TokenConfig, Upstream, UpstreamTls,
 };
 use crate::policy::{PathRule, RouteRule, SitePolicy, Unauthenticated};
 use crate::site::{HostPattern, TenantPattern, is_host_char};
@@ -16,13 +17,20 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Validates `raw`; the config when there was no error, and every error (without positions).
-pub fn validate(raw: RawConfig, env: &dyn Env) -> (Option<Config>, Vec<ConfigError>) {
+/// Validates the main file's `raw` (whose text is `main`) and the site files of `sites_dir`;
+/// the config when there was no error, and every error (without positions).
+pub fn validate(
+    raw: RawConfig,
+    main: &Source,
+    sites_dir: Option<SitesDir>,
+    env: &dyn Env,
+) -> (Option<Config>, Vec<ConfigError>) {
     let mut v = Validator {
         env,
         errors: Vec::new(),
+        file: None,
     };
-    let config = v.config(raw);
+    let config = v.config(raw, main, sites_dir);
     (config, v.errors)
 }
 
@@ -32,11 +40,14 @@ const MAX_ASSERTION_TTL: Duration = Duration::from_secs(600);
 struct Validator<'a> {
     env: &'a dyn Env,
     errors: Vec<ConfigError>,
+    /// The site file being checked (its errors name it); `None`: the main file.
+    file: Option<String>,
 }
 
 impl Validator<'_> {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError {
+            file: self.file.clone(),
             path: path.into(),
             message: message.into(),
             position: None,
@@ -98,7 +109,12 @@ impl Validator<'_> {
         }
     }
 
-    fn config(&mut self, mut raw: RawConfig) -> Option<Config> {
+    fn config(
+        &mut self,
+        mut raw: RawConfig,
+        main: &Source,
+        sites_dir: Option<SitesDir>,
+    ) -> Option<Config> {
         // Without [listen.tls], a plain listener is the default; with it, only if asked for.
         let plain = match (&raw.listen.addr, &raw.listen.tls) {
             (Some(a), _) => Some(a.clone()),
@@ -154,23 +170,14 @@ impl Validator<'_> {
             self.err("audit.queue", "must be between 1 and 10000000");
         }
 
-        if raw.site.is_empty() {
-            self.err("site", "at least one [[site]] is required");
+        if raw.sites_dir.as_ref().is_some_and(|d| d.is_empty()) {
+            self.err(
+                "sites_dir",
+                "must name a directory (relative to this file's), or be left out",
+            );
         }
-        let mut sites = Vec::new();
-        for (i, s) in raw.site.into_iter().enumerate() {
-            if let Some(site) = self.site(i, s) {
-                sites.push(site);
-            }
-        }
-        for (i, a) in sites.iter().enumerate() {
-            if sites[..i].iter().any(|b| b.host == a.host) {
-                self.err(
-                    format!("site[{i}].host"),
-                    format!("\"{}\" is already used by another site", a.name),
-                );
-            }
-        }
+        let sites_dir_path = sites_dir.as_ref().map(|d| d.path.clone());
+        let sites = self.sites(raw.site, main, sites_dir);
 
         Some(Config {
             listen: match listen {
@@ -209,7 +216,69 @@ impl Validator<'_> {
                 None => None,
             },
             sites,
+            sites_dir: sites_dir_path,
         })
+    }
+
+    /// The main file's `[[site]]` tables, then one site per file of `sites_dir`, each checked
+    /// by `site`. At least one site in all; a host defined twice names both places.
+    fn sites(
+        &mut self,
+        tables: Vec<RawSite>,
+        main: &Source,
+        sites_dir: Option<SitesDir>,
+    ) -> Vec<Arc<SiteConfig>> {
+        let (files, listed, unreadable) = match sites_dir {
+            Some(d) => (d.files, d.listed.len(), Some(d.unreadable)),
+            None => (Vec::new(), 0, None),
+        };
+        if tables.is_empty() && listed == 0 {
+            match unreadable {
+                // The directory could not be read: that error says it all.
+                Some(true) => {}
+                Some(false) => self.err(
+                    "sites_dir",
+                    "holds no site file (*.toml) and this file has no [[site]]: at least one site is required",
+                ),
+                None => self.err("site", "at least one [[site]] is required"),
+            }
+        }
+        // Each site with where its host is written (FILE:LINE:COL), for the duplicate check.
+        let mut found: Vec<(Arc<SiteConfig>, String)> = Vec::new();
+        for (i, s) in tables.into_iter().enumerate() {
+            if let Some(site) = self.site(&format!("site[{i}]."), s, &main.name) {
+                self.unique_host(site, &format!("site[{i}].host"), main, &mut found);
+            }
+        }
+        for (source, s) in files {
+            self.file = Some(source.name.clone());
+            if let Some(site) = self.site("", s, &source.name) {
+                self.unique_host(site, "host", &source, &mut found);
+            }
+            self.file = None;
+        }
+        found.into_iter().map(|(site, _)| site).collect()
+    }
+
+    /// Adds `site` to `found` unless another site has its host (an error at `key`, naming where
+    /// the other one is).
+    fn unique_host(
+        &mut self,
+        site: Arc<SiteConfig>,
+        key: &str,
+        source: &Source,
+        found: &mut Vec<(Arc<SiteConfig>, String)>,
+    ) {
+        let (line, col) = locate::position_of(&source.text, key).unwrap_or((1, 1));
+        let here = format!("{}:{line}:{col}", source.name);
+        if let Some((_, there)) = found.iter().find(|(other, _)| other.host == site.host) {
+            self.err(
+                key,
+                format!("\"{}\" is already defined at {there}", site.name),
+            );
+            return;
+        }
+        found.push((site, here));
     }
 
     fn tls_listener(&mut self, t: raw::RawTls) -> Option<TlsListener> {
@@ -267,8 +336,8 @@ impl Validator<'_> {
     }
 
     /// `host:port`, `http://host:port` (plain) or `https://host:port` (TLS, verified).
-    fn upstream(&mut self, i: usize, s: &RawSite) -> Option<Upstream> {
-        let p = |k: &str| format!("site[{i}].{k}");
+    fn upstream(&mut self, prefix: &str, s: &RawSite) -> Option<Upstream> {
+        let p = |k: &str| format!("{prefix}{k}");
         if s.upstream.is_empty() {
             self.err(p("upstream"), "is required: the app's host:port");
             return None;
@@ -771,8 +840,10 @@ impl Validator<'_> {
         None
     }
 
-    fn site(&mut self, i: usize, s: RawSite) -> Option<Arc<SiteConfig>> {
-        let p = |k: &str| format!("site[{i}].{k}");
+    /// One site: a `[[site]]` table (its keys under `prefix`, `site[0].`) or a site file (no
+    /// prefix), defined in `file`.
+    fn site(&mut self, prefix: &str, s: RawSite, file: &str) -> Option<Arc<SiteConfig>> {
+        let p = |k: &str| format!("{prefix}{k}");
         let host = match HostPattern::parse(&s.host) {
             _ if s.host.is_empty() => {
                 self.err(p("host"), "is required: the host this site serves");
@@ -784,7 +855,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let upstream = self.upstream(i, &s);
+        let upstream = self.upstream(prefix, &s);
         let tenant_from_host = match s.tenant_from_host.as_deref().map(TenantPattern::parse) {
             None => None,
             Some(Ok(t)) => Some(t),
@@ -835,6 +906,7 @@ impl Validator<'_> {
         let allow = self.rules(&p("allow_while_read_only"), s.allow_while_read_only);
         Some(Arc::new(SiteConfig {
             name: s.host.to_ascii_lowercase(),
+            file: file.to_string(),
             host: host?,
             upstream: upstream?,
             tenant_from_host,

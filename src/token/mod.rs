@@ -23,6 +23,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Validation, decode};
 use pingora::http::RequestHeader;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Unix seconds now.
@@ -244,7 +245,9 @@ pub struct Verifier {
     validation: Validation,
     /// The same checks but `exp`: to tell an expired impersonation token from a bad one.
     expired_ok: Validation,
-    jwks: Option<Jwks>,
+    /// Shared with the verifier of the config before a reload when both name the same URL, so
+    /// a reload (a site file changed) neither drops the fetched keys nor refetches them.
+    jwks: Option<Arc<Jwks>>,
     /// Tokens already verified with a fixed key, until their expiry (at most
     /// `VERIFIED_TTL`): a session's requests skip the HMAC/RSA and JSON work. Not used with a
     /// JWKS, whose keys can be withdrawn.
@@ -265,6 +268,12 @@ impl moka::Expiry<String, Identity> for UntilExpiry {
 
 impl Verifier {
     pub fn new(config: &TokenConfig) -> Verifier {
+        Verifier::after(config, None)
+    }
+
+    /// A verifier for a reloaded `config`: the JWKS keys `previous` fetched are kept when the
+    /// URL is the same.
+    pub fn after(config: &TokenConfig, previous: Option<&Verifier>) -> Verifier {
         let first = config
             .algorithms
             .first()
@@ -291,9 +300,12 @@ impl Verifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
-        let jwks = match &config.key {
-            KeySource::Jwks(url) => Some(Jwks::new(url.clone())),
-            KeySource::Static(_) => None,
+        let jwks = match (&config.key, previous) {
+            (KeySource::Jwks(url), Some(old)) if matches!(&old.config.key, KeySource::Jwks(u) if u == url) => {
+                old.jwks.clone()
+            }
+            (KeySource::Jwks(url), _) => Some(Arc::new(Jwks::new(url.clone()))),
+            (KeySource::Static(_), _) => None,
         };
         let mut expired_ok = validation.clone();
         expired_ok.validate_exp = false;
@@ -339,7 +351,7 @@ impl Verifier {
         let key = key_for(
             token,
             &self.config.key,
-            self.jwks.as_ref(),
+            self.jwks.as_deref(),
             &self.config.algorithms,
         )?;
         let data = match decode::<Value>(token, &key, &self.validation) {
@@ -448,6 +460,25 @@ mod tests {
         )
         .expect("valid config");
         Verifier::new(&cfg.token)
+    }
+
+    #[test]
+    fn a_reload_keeps_the_fetched_jwks_keys_while_the_url_is_the_same() {
+        let token = |url: &str| {
+            let src = format!(
+                "[token]\nalgorithms = [\"RS256\"]\njwks_url = \"{url}\"\n[[site]]\nhost = \"a.example\"\nupstream = \"127.0.0.1:1\"\n"
+            );
+            let env: HashMap<String, String> = HashMap::new();
+            Config::parse(&src, "t.toml", &env)
+                .expect("valid config")
+                .token
+        };
+        let first = Verifier::new(&token("https://idp.example/jwks"));
+        let same = Verifier::after(&token("https://idp.example/jwks"), Some(&first));
+        let moved = Verifier::after(&token("https://idp2.example/jwks"), Some(&first));
+        let keys = |v: &Verifier| v.jwks.clone().expect("a JWKS verifier");
+        assert!(Arc::ptr_eq(&keys(&first), &keys(&same)));
+        assert!(!Arc::ptr_eq(&keys(&first), &keys(&moved)));
     }
 
     fn mint(claims: Value) -> String {

@@ -20,5 +20,6 @@ mod ops;
 mod properties;
 mod scale;
 mod security;
+mod sites;
 mod tls;
 mod websocket;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,86 +21,8 @@ const RELOADS: &str = "sessiongate_config_reload_total";
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Replaces the file in one step (write a sibling, then rename over it), so
-/// the proxy never reads a half-written config.
-fn write_config(path: &Path, contents: &str) {
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, contents).expect("write new config");
-    std::fs::rename(&tmp, path).expect("rename new config into place");
-}
-
 fn read_config(sc: &Sidecar) -> String {
     std::fs::read_to_string(&sc.config_path).expect("read config")
-}
-
-/// Status and body of one request, or the error as text.
-async fn get(
-    client: &reqwest::Client,
-    url: &str,
-    cookie: Option<&str>,
-) -> Result<(u16, String), String> {
-    let mut req = client.get(url);
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    let r = req.send().await.map_err(|e| format!("{e:?}"))?;
-    let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| format!("body: {e:?}"))?;
-    Ok((status, body))
-}
-
-/// Polls (bounded by 30 s) until `url` answers `want`; returns the last answer.
-async fn wait_for_answer(
-    client: &reqwest::Client,
-    url: &str,
-    cookie: Option<&str>,
-    want: (u16, &str),
-) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = get(client, url, cookie).await;
-        if let Ok((status, body)) = &got
-            && *status == want.0
-            && body == want.1
-        {
-            return (*status, body.clone());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{url} never answered {want:?} within 30 s; last answer: {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[derive(Debug, Default)]
-struct LoadResult {
-    ok: usize,
-    failures: Vec<String>,
-}
-
-/// One load worker: keep-alive GETs on its own client until `stop` (or a
-/// 120 s safety bound); every answer must be `200` with `want_body`.
-fn spawn_load(
-    client: reqwest::Client,
-    url: String,
-    cookie: String,
-    want_body: &'static str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<LoadResult> {
-    tokio::spawn(async move {
-        let mut res = LoadResult::default();
-        let bound = Instant::now() + Duration::from_secs(120);
-        let mut i = 0u64;
-        while !stop.load(Ordering::SeqCst) && Instant::now() < bound {
-            i += 1;
-            match get(&client, &format!("{url}?n={i}"), Some(&cookie)).await {
-                Ok((200, body)) if body == want_body => res.ok += 1,
-                other => res.failures.push(format!("request {i}: {other:?}")),
-            }
-        }
-        res
-    })
 }
 
 /// The verdict line of `token inspect` (`accepted` or `refused: ...`).
@@ -896,30 +818,7 @@ async fn sighup_adds_a_site_without_dropping_a_request_under_load() {
         let at = one.count();
         one.wait_for_count(at + 100).await;
     }
-    stop.store(true, Ordering::SeqCst);
-
-    let mut ok = 0;
-    let mut failures = Vec::new();
-    for w in workers {
-        let r = tokio::time::timeout(Duration::from_secs(60), w)
-            .await
-            .expect("load worker did not stop")
-            .expect("load worker panicked");
-        ok += r.ok;
-        failures.extend(r.failures);
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} load requests failed across the reload; first ones:\n{}",
-        failures.len(),
-        failures.len() + ok,
-        failures
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let ok = finish_load(&stop, workers, "across the reload").await;
     eprintln!(
         "load: {ok} requests, {} before the new site answered, {} after",
         after_swap,

@@ -15,7 +15,7 @@
 //! yet go in raw with `.extra(...)` (on `Config`, `Token`, `Liveness` and `Site`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Backend, COOKIE, SECRET, SECRET_ENV, TempDir, fixture, free_addr};
 
@@ -300,6 +300,16 @@ impl Site {
             self.tables.join("\n")
         )
     }
+
+    /// This site as a file of `sites_dir`: its keys at the top level, its sub-tables as
+    /// `[[deny_while_impersonating]]`.
+    pub fn file_toml(&self) -> String {
+        format!(
+            "{}\n{}\n",
+            self.lines.join("\n"),
+            self.tables.join("\n").replace("[[site.", "[[")
+        )
+    }
 }
 
 /// A whole `sessiongate.toml`.
@@ -317,6 +327,9 @@ pub struct Config {
     audit_queue: Option<usize>,
     extra: Vec<String>,
     sites: Vec<Site>,
+    /// `sites_dir`, and the files (name, site) the sidecar writes there before it starts.
+    sites_dir: Option<String>,
+    site_files: Vec<(String, Site)>,
     env: Env,
 }
 
@@ -340,6 +353,8 @@ impl Config {
             audit_queue: None,
             extra: Vec::new(),
             sites: Vec::new(),
+            sites_dir: None,
+            site_files: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -414,6 +429,30 @@ impl Config {
         self
     }
 
+    /// `sites_dir` (relative to the config file's directory, or absolute).
+    pub fn sites_dir(mut self, dir: &str) -> Config {
+        self.sites_dir = Some(dir.to_string());
+        self
+    }
+
+    /// A file `name` in `sites_dir` holding `site`, written before the sidecar starts (see
+    /// [`Config::write_site_files`]).
+    pub fn site_file(mut self, name: &str, site: Site) -> Config {
+        self.site_files.push((name.to_string(), site));
+        self
+    }
+
+    /// Creates `sites_dir` (when the config has one) for a config file in `config_dir`, with the
+    /// files added by [`Config::site_file`]; its path.
+    pub fn write_site_files(&self, config_dir: &Path) -> Option<PathBuf> {
+        let dir = config_dir.join(self.sites_dir.as_ref()?);
+        std::fs::create_dir_all(&dir).expect("create sites_dir");
+        for (name, site) in &self.site_files {
+            std::fs::write(dir.join(name), site.file_toml()).expect("write a site file");
+        }
+        Some(dir)
+    }
+
     /// Raw TOML: whole tables, placed before the sites. The escape hatch for sections the
     /// builder does not know yet; no test needs one today.
     #[allow(dead_code)]
@@ -439,7 +478,11 @@ impl Config {
     }
 
     pub fn toml(&self) -> String {
-        let mut s = String::from("[listen]\naddr = \"@LISTEN@\"\n");
+        let mut s = String::new();
+        if let Some(dir) = &self.sites_dir {
+            s.push_str(&format!("{}\n\n", quoted("sites_dir", dir)));
+        }
+        s.push_str("[listen]\naddr = \"@LISTEN@\"\n");
         for l in &self.listen {
             s.push_str(&format!("{l}\n"));
         }

@@ -35,6 +35,8 @@ pub struct Sidecar {
     /// The TLS listener's address (listening only when the config has `[listen.tls]`).
     pub tls_addr: SocketAddr,
     pub config_path: PathBuf,
+    /// The config's `sites_dir`, when it has one (created before the start).
+    pub sites_dir: Option<PathBuf>,
     pub audit_path: PathBuf,
     pub stderr_path: PathBuf,
     /// Holds the config, the audit file and the logs; removed on drop.
@@ -65,6 +67,7 @@ impl Sidecar {
         let audit_path = dir.path().join("audit.jsonl");
         let toml = fill_placeholders(&config.toml(), addrs, &audit_path);
         let config_path = dir.write("sessiongate.toml", &toml);
+        let sites_dir = config.write_site_files(dir.path());
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         cmd.arg("run")
@@ -85,6 +88,7 @@ impl Sidecar {
             admin_addr,
             tls_addr,
             config_path,
+            sites_dir,
             audit_path,
             stderr_path,
             _dir: dir,

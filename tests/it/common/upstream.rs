@@ -131,9 +131,15 @@ pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 pub struct Recorder {
     requests: Arc<Mutex<Vec<Recorded>>>,
     count: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Recorder {
+    /// How many connections the server has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
@@ -174,6 +180,7 @@ pub fn serve(
             tokio::select! {
                 acc = listener.accept() => {
                     if let Ok((stream, _)) = acc {
+                        recorder.connections.fetch_add(1, Ordering::SeqCst);
                         conns.spawn(serve_connection(stream, handler.clone(), recorder.clone()));
                     }
                 }
@@ -297,6 +304,11 @@ impl Upstream {
             ),
             _ => panic!("upstream received {target} {} times", hits.len()),
         }
+    }
+
+    /// How many connections have been accepted (the proxy's pool reuses them).
+    pub fn connections(&self) -> usize {
+        self.recorder.connections()
     }
 
     /// Whether any request with this exact target arrived.
